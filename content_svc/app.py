@@ -1,0 +1,197 @@
+"""The content service's Quart app: wiring, the error boundary, request logs and metrics.
+
+This is the one place where errors become HTTP: ContentError subclasses, quart-schema validation
+failures, Werkzeug HTTP errors and anything unexpected are all rendered as problem+json. Handlers
+stay free of response-shaping code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Quart, Response, current_app, g, request
+from quart_schema import QuartSchema, RequestSchemaValidationError
+from quart_schema.openapi import HttpSecurityScheme
+from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
+
+from content_svc.auth import DeviceCache, Principal, authenticate
+from content_svc.context import ContentContext
+from content_svc.errors import (
+    PROBLEM_CONTENT_TYPE,
+    ContentError,
+    InvalidRequest,
+    UnsupportedMediaType,
+    problem_body,
+)
+from pingpull import logs
+from pingpull.wire import MAX_U64
+
+log = logging.getLogger("pingpull.content")
+
+_EXTENSION = "pingpull"
+_MAX_ID = 2**63 - 1
+assert _MAX_ID < MAX_U64
+
+
+class IdConverter(IntegerConverter):
+    """Path ids: positive, at most 2**63-1 (anything larger could not be stored, so it cannot exist)."""
+
+    def __init__(self, map: Any) -> None:  # noqa: A002 - Werkzeug's signature
+        super().__init__(map, min=1, max=_MAX_ID)
+
+
+class _Request(QuartTrio.request_class):  # type: ignore[name-defined,misc]
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise InvalidRequest(f"the body is not valid JSON: {error}")
+
+
+def create_app(ctx: ContentContext) -> QuartTrio:
+    app = QuartTrio("pingpull.content")
+    app.request_class = _Request
+    app.config.update(
+        MAX_CONTENT_LENGTH=ctx.settings.max_request_body_bytes,
+        BODY_TIMEOUT=ctx.settings.request_timeout_s,
+        RESPONSE_TIMEOUT=ctx.settings.request_timeout_s,
+        JSON_SORT_KEYS=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.url_map.converters["id"] = IdConverter
+    app.url_map.strict_slashes = False
+    app.extensions[_EXTENSION] = ctx
+    app.extensions["pingpull.devices"] = DeviceCache()
+    QuartSchema(
+        app,
+        openapi_path="/v1/openapi.json",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        swagger_ui_path="/v1/docs",
+        info={"title": "pingpull content API", "version": "1"},
+        security_schemes={"bearer": HttpSecurityScheme(scheme="bearer", bearer_format="JWT")},
+        security=[{"bearer": []}],
+    )
+
+    from content_svc.routes import accounts, conversations, inbox, ops
+
+    for blueprint in (accounts.blueprint, conversations.blueprint, inbox.blueprint, ops.blueprint):
+        app.register_blueprint(blueprint)
+
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_error_handler(ContentError, _content_error)
+    app.register_error_handler(RequestSchemaValidationError, _validation_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def context() -> ContentContext:
+    ctx: ContentContext = current_app.extensions[_EXTENSION]
+    return ctx
+
+
+async def principal() -> Principal:
+    """The authenticated device of this request (401 problem otherwise)."""
+    found: Principal | None = g.get("principal")
+    if found is None:
+        found = await authenticate(context(), current_app.extensions["pingpull.devices"])
+        g.principal = found
+    return found
+
+
+# --- request lifecycle -------------------------------------------------------------------------
+
+
+async def _start_request() -> None:
+    g.started_at = time.perf_counter()
+    if request.method in ("POST", "PUT", "PATCH") and _expects_json() and request.mimetype != "application/json":
+        # quart-schema would read a non-JSON body as null and report a confusing schema error.
+        length = request.content_length
+        if length or request.headers.get("Transfer-Encoding"):
+            raise UnsupportedMediaType(f"expected application/json, got {request.mimetype or 'no content type'}")
+
+
+def _expects_json() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return view is not None and hasattr(view, QUART_SCHEMA_REQUEST_ATTRIBUTE)
+
+
+async def _finish_request(response: Response) -> Response:
+    started = g.get("started_at")
+    elapsed = time.perf_counter() - started if started is not None else 0.0
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    metrics = context().metrics
+    metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+    metrics.latency.labels(request.method, route).observe(elapsed)
+    found: Principal | None = g.get("principal")
+    # The path, never the query string: tokens may travel there. No bodies, no headers.
+    logs.event(
+        log,
+        "request",
+        method=request.method,
+        route=route,
+        path=request.path,
+        status=response.status_code,
+        duration_ms=round(elapsed * 1000, 2),
+        user_id=found.user_id if found else None,
+        device_id=found.device_id if found else None,
+        http=request.http_version,
+    )
+    return response
+
+
+# --- the error boundary ------------------------------------------------------------------------
+
+
+def _problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    response = current_app.response_class(
+        current_app.json.dumps(body), status=body["status"], content_type=PROBLEM_CONTENT_TYPE
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _content_error(error: ContentError) -> Response:
+    return _problem(error.problem(), error.headers)
+
+
+async def _validation_error(error: RequestSchemaValidationError) -> Response:
+    cause = error.validation_error
+    errors: list[dict[str, Any]] = []
+    if isinstance(cause, ValidationError):
+        errors = [
+            {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "message": item["msg"]}
+            for item in cause.errors(include_url=False, include_input=False)
+        ]
+    else:
+        errors = [{"field": "(body)", "message": str(cause)}]
+    return _problem(problem_body(400, "invalid-request", "The request is not valid", "see errors", errors=errors))
+
+
+_HTTP_SLUGS = {
+    400: "invalid-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    408: "request-timeout",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+}
+
+
+async def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    detail = error.description or error.name
+    headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+    slug = _HTTP_SLUGS.get(status, "http-error")
+    return _problem(problem_body(status, slug, error.name, detail), headers)
+
+
+async def _unexpected_error(error: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+    return _problem(problem_body(500, "internal", "Internal server error", "the error was logged"))

@@ -1,0 +1,34 @@
+"""The per-user inbox pulled by cursor, and the per-device ack."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+from quart_schema import validate_querystring, validate_request, validate_response
+
+from content_svc import messaging
+from content_svc.app import context, principal
+from content_svc.schemas import Ack, InboxPage, ListQuery
+
+blueprint = Blueprint("inbox", __name__)
+
+
+@blueprint.get("/v1/inbox")
+@validate_querystring(ListQuery)
+@validate_response(InboxPage, 200)
+async def pull(query_args: ListQuery) -> dict[str, object]:
+    """Entries with seq > `after`, in seq order, and the current head. Pull until an item's seq = head."""
+    ctx = context()
+    who = await principal()
+    limit = min(query_args.limit or ctx.settings.default_page_items, ctx.settings.max_page_items)
+    head, entries = await ctx.database.read(messaging.pull_inbox, who.user_id, query_args.after, limit)
+    return {"head": head, "items": [{"seq": seq, "message": m.as_json()} for seq, m in entries]}
+
+
+@blueprint.post("/v1/inbox/ack")
+@validate_request(Ack)
+async def ack(data: Ack) -> Response:
+    """Move this device's cursor forward to `seq`; acking an older seq changes nothing."""
+    ctx = context()
+    who = await principal()
+    await ctx.database.transaction(messaging.ack, who.user_id, who.device_id, data.seq, ctx.clock_ms())
+    return Response(status=204)

@@ -1,0 +1,133 @@
+"""The composition root: builds the kernel (bridge, database, bus, keys) and starts services on it.
+
+Only this module and the CLI import the services; services import only the kernel. One process may
+run any subset of {content, signal, push}; the embedded default runs all of them on SQLite with the
+in-process bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from content_svc.context import ContentContext
+from content_svc.ratelimit import TokenBucketLimiter
+from content_svc.service import run_content
+from pingpull import logs
+from pingpull.aio import AsyncioBridge, open_asyncio_bridge
+from pingpull.bus import Bus, MemoryBus
+from pingpull.config import Settings
+from pingpull.db import migrate
+from pingpull.db.engine import Database, open_database
+from pingpull.errors import ConfigError
+from pingpull.tokens import KeyRing, ensure_keys, load_keys
+
+log = logging.getLogger("pingpull")
+
+SERVICES = ("content", "signal", "push")
+# Services whose issue has not landed yet: serve says so instead of pretending to run them.
+NOT_YET_BUILT = {"signal": "the signal gateway (issue 3)", "push": "the push bridge (issue 5)"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    settings: Settings
+    bridge: AsyncioBridge
+    database: Database
+    bus: Bus
+    keys: KeyRing
+
+
+def prepare(settings: Settings) -> None:
+    """Synchronous start-up work, run before trio: data dir, migrations where they are automatic."""
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    if settings.is_embedded or settings.database.migrate_on_start:
+        migrate.upgrade(settings.effective_database_url)
+
+
+def load_key_ring(settings: Settings) -> KeyRing:
+    # Only the embedded mode invents a key: replicas that each made their own would reject each
+    # other's tokens. Elsewhere an operator runs `pingpull keys create` once and distributes the files.
+    if settings.is_embedded:
+        return ensure_keys(settings.keys_dir)
+    return load_keys(settings.keys_dir)
+
+
+@asynccontextmanager
+async def open_kernel(settings: Settings) -> AsyncIterator[Kernel]:
+    if settings.redis_url:
+        raise ConfigError("redis_url is set, but the Redis bus arrives with the signal gateway (issue 3)")
+    keys = load_key_ring(settings)
+    async with (
+        open_asyncio_bridge() as bridge,
+        open_database(
+            settings.effective_database_url,
+            bridge,
+            pool_size=settings.database.pool_size,
+            pool_timeout_s=settings.database.pool_timeout_s,
+            echo=settings.database.echo,
+        ) as database,
+    ):
+        yield Kernel(settings=settings, bridge=bridge, database=database, bus=MemoryBus(), keys=keys)
+
+
+def content_context(kernel: Kernel) -> ContentContext:
+    settings = kernel.settings
+    return ContentContext(
+        settings=settings.content,
+        database=kernel.database,
+        bus=kernel.bus,
+        signer=kernel.keys.signer(
+            settings.tokens.signing_kid, ttl_s=settings.tokens.access_token_ttl_s, issuer=settings.tokens.issuer
+        ),
+        verifier=kernel.keys.verifier(issuer=settings.tokens.issuer, leeway_s=settings.tokens.clock_leeway_s),
+        send_limiter=TokenBucketLimiter(settings.content.send_rate_per_s, settings.content.send_burst),
+        open_registration=settings.content.registration == "open"
+        or (settings.content.registration == "auto" and settings.is_embedded),
+    )
+
+
+async def serve(
+    settings: Settings,
+    services: Collection[str] = SERVICES,
+    *,
+    task_status: trio.TaskStatus[dict[str, list[str]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the chosen services until SIGINT/SIGTERM; reports {service: [urls]} once all listen."""
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise ConfigError(f"unknown service(s): {', '.join(sorted(unknown))}")
+    runnable = [s for s in services if s not in NOT_YET_BUILT]
+    if not runnable:
+        raise ConfigError("none of " + ", ".join(services) + " is built yet")
+    for name in services:
+        if name in NOT_YET_BUILT:
+            logs.event(log, "service_not_built", level=logging.WARNING, service=name, detail=NOT_YET_BUILT[name])
+
+    shutdown = trio.Event()
+    async with open_kernel(settings) as kernel, trio.open_nursery() as nursery:
+        urls: dict[str, list[str]] = {}
+        context: ContentContext | None = None
+        if "content" in runnable:
+            context = content_context(kernel)
+            urls["content"] = await nursery.start(run_content, context, shutdown)
+        nursery.start_soon(_stop_on_signal, shutdown, context)
+        logs.event(log, "ready", **{name: " ".join(u) for name, u in urls.items()})
+        task_status.started(urls)
+        await shutdown.wait()
+
+
+async def _stop_on_signal(shutdown: trio.Event, context: ContentContext | None) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logs.event(log, "shutdown_requested", signal=signal.Signals(signum).name)
+            if context is not None:
+                context.readiness.draining = True
+            shutdown.set()
+            return

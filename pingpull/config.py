@@ -1,0 +1,345 @@
+"""Immutable, validated settings for every pingpull service.
+
+Settings come from three layers, later ones winning: the defaults below, an optional TOML file
+(`PINGPULL_CONFIG` or `--config`), and environment variables named `PINGPULL_<SECTION>_<KEY>` (or
+`PINGPULL_<KEY>` for top-level keys). Command-line flags are applied last by the CLI through
+`Settings.replace`. Unknown keys are rejected in every layer: a typo in a limit must fail at start,
+not silently leave the default in force. Every duration and size carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pingpull.errors import ConfigError
+
+ENV_PREFIX = "PINGPULL_"
+# Variables in the PINGPULL_ namespace that are not settings (they steer the loader or the tests).
+NON_SETTING_ENV = frozenset({"PINGPULL_CONFIG", "PINGPULL_REQUIRE_SERVICES"})
+NON_SETTING_ENV_PREFIXES = ("PINGPULL_TEST_",)
+
+_T = typing.TypeVar("_T")
+
+LogFormat = Literal["text", "json"]
+PushProvider = Literal["log", "apns", "fcm"]
+Registration = Literal["auto", "open", "closed"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """Where the relational store lives. Empty `url` means SQLite under the data dir."""
+
+    url: str = ""
+    pool_size: int = 10
+    pool_timeout_s: float = 10.0
+    echo: bool = False
+    migrate_on_start: bool = True
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.pool_size <= 1000, "database.pool_size must be within 1..1000")
+        _require(self.pool_timeout_s > 0, "database.pool_timeout_s must be positive")
+        if self.url:
+            _require(
+                self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")),
+                "database.url must be sqlite+aiosqlite://... or postgresql+asyncpg://...",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    """Signing and verification keys for device access tokens (EdDSA JWTs)."""
+
+    # Directory holding `<kid>.pem` private keys (content service) and/or `<kid>.pub.pem` public keys.
+    # Empty means `<data_dir>/keys`, created with a fresh key in the embedded mode.
+    keys_dir: str = ""
+    # The kid that signs new tokens; empty means the newest private key in keys_dir.
+    signing_kid: str = ""
+    access_token_ttl_s: int = 30 * 24 * 3600
+    clock_leeway_s: int = 30
+    issuer: str = "pingpull"
+
+    def __post_init__(self) -> None:
+        _require(60 <= self.access_token_ttl_s <= 400 * 24 * 3600, "tokens.access_token_ttl_s out of range")
+        _require(0 <= self.clock_leeway_s <= 600, "tokens.clock_leeway_s must be within 0..600")
+        _require(bool(self.issuer), "tokens.issuer must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentSettings:
+    """The stateless HTTP content service and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # "auto": open in the embedded default (SQLite, no Redis), closed anywhere else.
+    registration: Registration = "auto"
+    max_request_body_bytes: int = 64 * 1024
+    max_message_body_chars: int = 16 * 1024
+    max_handle_chars: int = 64
+    max_title_chars: int = 128
+    max_members_per_conversation: int = 256
+    max_media_per_message: int = 16
+    max_page_items: int = 200
+    default_page_items: int = 50
+    max_devices_per_user: int = 16
+    send_rate_per_s: float = 20.0
+    send_burst: int = 40
+    # A device connected to the gateway gets this long to pull and ack before it is pushed anyway.
+    ack_grace_s: float = 15.0
+    request_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "content.port must be within 0..65535")
+        _require(1024 <= self.max_request_body_bytes <= 64 * 1024 * 1024, "content.max_request_body_bytes")
+        _require(1 <= self.max_message_body_chars <= 1024 * 1024, "content.max_message_body_chars")
+        _require(1 <= self.max_handle_chars <= 256, "content.max_handle_chars")
+        _require(2 <= self.max_members_per_conversation <= 100_000, "content.max_members_per_conversation")
+        _require(1 <= self.default_page_items <= self.max_page_items <= 10_000, "content page sizes")
+        _require(1 <= self.max_devices_per_user <= 1000, "content.max_devices_per_user")
+        _require(self.send_rate_per_s > 0 and self.send_burst >= 1, "content send rate and burst")
+        _require(0 <= self.ack_grace_s <= 3600, "content.ack_grace_s must be within 0..3600")
+        _require(self.request_timeout_s > 0, "content.request_timeout_s must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSettings:
+    """The persistent signal gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 10.0
+    drain_window_s: float = 30.0
+    drain_timeout_s: float = 45.0
+    max_connections: int = 15_000
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "signal.port must be within 0..65535")
+        _require(1 <= self.ping_interval_s <= 3600, "signal.ping_interval_s must be within 1..3600")
+        _require(0 < self.ping_timeout_s <= self.ping_interval_s * 4, "signal.ping_timeout_s")
+        _require(0 <= self.drain_window_s <= self.drain_timeout_s, "signal drain window within timeout")
+        _require(self.max_connections >= 1, "signal.max_connections must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class PushSettings:
+    """The push bridge: which provider wakes offline apps."""
+
+    provider: PushProvider = "log"
+    poll_interval_s: float = 2.0
+    repush_after_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(self.provider in ("log", "apns", "fcm"), "push.provider must be log, apns or fcm")
+        _require(0.05 <= self.poll_interval_s <= 300, "push.poll_interval_s must be within 0.05..300")
+        _require(0 <= self.repush_after_s <= 7 * 24 * 3600, "push.repush_after_s out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a pingpull process needs; one immutable value built once at start."""
+
+    host: str = "127.0.0.1"
+    data_dir: str = "./pingpull-data"
+    database_url: str = ""
+    redis_url: str = ""
+    log_format: LogFormat = "text"
+    log_level: str = "INFO"
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    content: ContentSettings = field(default_factory=ContentSettings)
+    signal: SignalSettings = field(default_factory=SignalSettings)
+    push: PushSettings = field(default_factory=PushSettings)
+
+    def __post_init__(self) -> None:
+        _require(self.log_format in ("text", "json"), "log_format must be text or json")
+        _require(
+            self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log_level must be DEBUG, INFO, WARNING or ERROR",
+        )
+        _require(bool(self.data_dir), "data_dir must not be empty")
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def effective_database_url(self) -> str:
+        url = self.database_url or self.database.url
+        if not url:
+            return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'pingpull.sqlite3'}"
+        if url.startswith("postgresql://"):
+            return "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+        return url
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when running on the embedded defaults (SQLite, in-process bus)."""
+        return self.effective_database_url.startswith("sqlite") and not self.redis_url
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.tokens.keys_dir) if self.tokens.keys_dir else Path(self.data_dir) / "keys"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with top-level or dotted (`content.port`) keys changed, validated again."""
+        return build_settings(_merge(_as_dict(self), _nest(changes)))
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Defaults <- TOML file <- environment. Raises ConfigError on any unknown or invalid key."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = config_file if config_file is not None else env.get("PINGPULL_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return build_settings(_merge(data, _from_env(env)))
+
+
+def build_settings(data: Mapping[str, Any]) -> Settings:
+    return _build(Settings, data, "")
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    hints = typing.get_type_hints(Settings)
+    sections = {name for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+    top_level = set(hints) - sections
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
+            continue
+        if name.startswith(NON_SETTING_ENV_PREFIXES):
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if key in top_level:
+            out[key] = value
+            continue
+        section, _, rest = key.partition("_")
+        if section in sections and rest:
+            out.setdefault(section, {})[rest] = value
+            continue
+        raise ConfigError(f"unknown setting in environment: {name}")
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, dot, rest = key.partition(".")
+        if dot:
+            out.setdefault(section, {})[rest] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {
+        f.name: _as_dict(getattr(obj, f.name))
+        if dataclasses.is_dataclass(getattr(obj, f.name))
+        else getattr(obj, f.name)
+        for f in dataclasses.fields(obj)
+    }
+
+
+def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where.rstrip('.') or 'settings'} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''}: {', '.join(where + k for k in unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        target = hints[name]
+        if dataclasses.is_dataclass(target):
+            kwargs[name] = _build(target, value, f"{where}{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, target, where + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid settings in {where or 'top level'}: {exc}") from exc
+
+
+def _coerce(value: Any, target: Any, name: str) -> Any:
+    origin = typing.get_origin(target)
+    if origin is Literal:
+        choices = typing.get_args(target)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{name}: unsupported setting type")  # no optional settings by design
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be a boolean, not {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, not {value!r}")
+        try:
+            return int(value, 10) if isinstance(value, str) else _exact_int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be an integer, not {value!r}") from exc
+    if target is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, not {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a number, not {value!r}") from exc
+        if result != result or result in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name} must be a finite number")
+        return result
+    if target is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported setting type {target!r}")
+
+
+def _exact_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("not an integer")
+    return int(value)
