@@ -95,6 +95,13 @@ def context() -> ContentContext:
     return ctx
 
 
+def no_content(status: int = 204) -> Response:
+    # Not `quart.Response(status=204)`: with no body, Quart builds an iterable body that it drains
+    # through asyncio's executor, which breaks the connection under quart-trio.
+    response: Response = current_app.response_class(b"", status=status)
+    return response
+
+
 async def principal() -> Principal:
     """The authenticated device of this request (401 problem otherwise)."""
     found: Principal | None = g.get("principal")

@@ -6,7 +6,7 @@ from quart import Blueprint, Response
 from quart_schema import security_scheme, validate_request, validate_response
 
 from content_svc import store
-from content_svc.app import context, principal
+from content_svc.app import context, no_content, principal
 from content_svc.errors import NotFound, RegistrationClosed
 from content_svc.schemas import (
     AccountCreated,
@@ -69,7 +69,7 @@ async def register_push(device_id: int, data: PushRegistration) -> Response:
     await ctx.database.transaction(
         store.set_push_token, who.user_id, device_id, data.provider, data.token, data.environment, ctx.clock_ms()
     )
-    return Response(status=204)
+    return no_content(204)
 
 
 @blueprint.delete("/v1/devices/<id:device_id>/push")
@@ -78,7 +78,7 @@ async def unregister_push(device_id: int) -> Response:
     who = await principal()
     _require_own_device(who.device_id, device_id)
     await ctx.database.transaction(store.clear_push_token, who.user_id, device_id)
-    return Response(status=204)
+    return no_content(204)
 
 
 def _require_own_device(own: int, requested: int) -> None:

@@ -6,7 +6,7 @@ from quart import Blueprint, Response
 from quart_schema import validate_headers, validate_querystring, validate_request, validate_response
 
 from content_svc import fanout, messaging, store
-from content_svc.app import context, principal
+from content_svc.app import context, no_content, principal
 from content_svc.errors import RateLimited, Unprocessable
 from content_svc.schemas import (
     ConversationList,
@@ -79,7 +79,7 @@ async def add_member(conversation_id: int, user_id: int) -> Response:
         ctx.settings.max_members_per_conversation,
         ctx.clock_ms(),
     )
-    return Response(status=201 if added else 204)
+    return no_content(201 if added else 204)
 
 
 @blueprint.delete("/v1/conversations/<id:conversation_id>/members/<id:user_id>")
@@ -88,7 +88,7 @@ async def remove_member(conversation_id: int, user_id: int) -> Response:
     ctx = context()
     who = await principal()
     await ctx.database.transaction(store.remove_member, who.user_id, conversation_id, user_id)
-    return Response(status=204)
+    return no_content(204)
 
 
 @blueprint.get("/v1/conversations/<id:conversation_id>/messages")

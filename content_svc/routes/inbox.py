@@ -6,7 +6,7 @@ from quart import Blueprint, Response
 from quart_schema import validate_querystring, validate_request, validate_response
 
 from content_svc import messaging
-from content_svc.app import context, principal
+from content_svc.app import context, no_content, principal
 from content_svc.schemas import Ack, InboxPage, ListQuery
 
 blueprint = Blueprint("inbox", __name__)
@@ -31,4 +31,4 @@ async def ack(data: Ack) -> Response:
     ctx = context()
     who = await principal()
     await ctx.database.transaction(messaging.ack, who.user_id, who.device_id, data.seq, ctx.clock_ms())
-    return Response(status=204)
+    return no_content(204)

@@ -22,7 +22,6 @@ def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     config.set_main_option("sqlalchemy.url", database_url)
-    config.set_main_option("prepend_sys_path", ".")
     return config
 
 

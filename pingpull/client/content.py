@@ -1,0 +1,115 @@
+"""A client for the content API (httpx; works under trio and asyncio through anyio).
+
+Used by tests, benchmarks and the CLI, and a reference for app developers: every call maps to one
+row of the API table in docs/api.md, and every problem answer becomes an `ApiError`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from pingpull.client.errors import ApiError, TransportError
+
+
+class ContentClient:
+    def __init__(self, http: httpx.AsyncClient, token: str | None = None) -> None:
+        self.http = http
+        self.token = token
+
+    def with_token(self, token: str) -> ContentClient:
+        return ContentClient(self.http, token)
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: Any = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if self.token is not None:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = await self.http.request(method, path, json=json, params=params, headers=all_headers)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {path}: {exc!r}") from exc
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:200]}
+            raise ApiError(response.status_code, problem if isinstance(problem, dict) else {"detail": problem})
+        return response
+
+    # --- accounts ----------------------------------------------------------------------------------
+
+    async def create_account(self, handle: str, device_name: str = "") -> dict[str, Any]:
+        """Register; the returned client is not changed (use `with_token(result['token'])`)."""
+        response = await self.request("POST", "/v1/accounts", json={"handle": handle, "device_name": device_name})
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def link_device(self, device_name: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = (
+            await self.request("POST", "/v1/devices", json={"device_name": device_name})
+        ).json()
+        return result
+
+    async def register_push(self, device_id: int, provider: str, token: str, environment: str = "production") -> None:
+        await self.request(
+            "PUT",
+            f"/v1/devices/{device_id}/push",
+            json={"provider": provider, "token": token, "environment": environment},
+        )
+
+    # --- conversations and messages ------------------------------------------------------------------
+
+    async def create_conversation(self, members: Sequence[int], title: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"members": list(members)}
+        if title is not None:
+            body["title"] = title
+        result: dict[str, Any] = (await self.request("POST", "/v1/conversations", json=body)).json()
+        return result
+
+    async def send(
+        self, conversation_id: int, body: str, *, idempotency_key: str | None = None, media: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        key = idempotency_key or secrets.token_urlsafe(16)
+        payload: dict[str, Any] = {"body": body}
+        if media:
+            payload["media"] = list(media)
+        response = await self.request(
+            "POST", f"/v1/conversations/{conversation_id}/messages", json=payload, headers={"Idempotency-Key": key}
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def history(self, conversation_id: int, before: int | None = None, limit: int | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in (("before", before), ("limit", limit)) if v is not None}
+        result: dict[str, Any] = (
+            await self.request("GET", f"/v1/conversations/{conversation_id}/messages", params=params)
+        ).json()
+        return result
+
+    # --- inbox -----------------------------------------------------------------------------------------
+
+    async def pull(self, after: int, limit: int | None = None) -> dict[str, Any]:
+        params: dict[str, int] = {"after": after}
+        if limit is not None:
+            params["limit"] = limit
+        result: dict[str, Any] = (await self.request("GET", "/v1/inbox", params=params)).json()
+        return result
+
+    async def pull_all(self, after: int, limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Pull pages until the cursor reaches the head; returns (head, items in seq order)."""
+        items: list[dict[str, Any]] = []
+        cursor = after
+        while True:
+            page = await self.pull(cursor, limit)
+            items.extend(page["items"])
+            if not page["items"] or page["items"][-1]["seq"] >= page["head"]:
+                return page["head"], items
+            cursor = page["items"][-1]["seq"]
+
+    async def ack(self, seq: int) -> None:
+        await self.request("POST", "/v1/inbox/ack", json={"seq": seq})
