@@ -50,6 +50,12 @@ class _Request(QuartTrio.request_class):  # type: ignore[name-defined,misc]
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {error}")
 
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force, silent, cache)
+        except UnicodeDecodeError as exc:  # Quart decodes before parsing and lets this escape
+            raise InvalidRequest("the body is not valid UTF-8") from exc
+
 
 def create_app(ctx: ContentContext) -> QuartTrio:
     app = QuartTrio("pingpull.content")

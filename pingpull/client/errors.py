@@ -19,7 +19,9 @@ class ApiError(ClientError):
         self.problem = problem
         self.type = str(problem.get("type", ""))
         self.slug = self.type.rsplit("/", 1)[-1]
-        super().__init__(f"{status} {self.slug}: {problem.get('detail', '')}")
+        errors = problem.get("errors")
+        suffix = f" {errors}" if errors else ""
+        super().__init__(f"{status} {self.slug}: {problem.get('detail', '')}{suffix}")
 
 
 class TransportError(ClientError):
