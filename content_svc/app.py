@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, current_app, g, request
+from quart import Response, current_app, g, request
 from quart_schema import QuartSchema, RequestSchemaValidationError
 from quart_schema.openapi import HttpSecurityScheme
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from quart_trio.wrappers import TrioRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import IntegerConverter
 
 from content_svc.auth import DeviceCache, Principal, authenticate
@@ -42,11 +43,11 @@ assert _MAX_ID < MAX_U64
 class IdConverter(IntegerConverter):
     """Path ids: positive, at most 2**63-1 (anything larger could not be stored, so it cannot exist)."""
 
-    def __init__(self, map: Any) -> None:  # noqa: A002 - Werkzeug's signature
+    def __init__(self, map: Any) -> None:
         super().__init__(map, min=1, max=_MAX_ID)
 
 
-class _Request(QuartTrio.request_class):  # type: ignore[name-defined,misc]
+class _Request(TrioRequest):
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {error}")
 
@@ -122,11 +123,17 @@ async def principal() -> Principal:
 
 async def _start_request() -> None:
     g.started_at = time.perf_counter()
-    if request.method in ("POST", "PUT", "PATCH") and _expects_json() and request.mimetype != "application/json":
+    if (
+        request.method in ("POST", "PUT", "PATCH")
+        and _expects_json()
+        and request.mimetype != "application/json"
+    ):
         # quart-schema would read a non-JSON body as null and report a confusing schema error.
         length = request.content_length
         if length or request.headers.get("Transfer-Encoding"):
-            raise UnsupportedMediaType(f"expected application/json, got {request.mimetype or 'no content type'}")
+            raise UnsupportedMediaType(
+                f"expected application/json, got {request.mimetype or 'no content type'}"
+            )
 
 
 def _expects_json() -> bool:
@@ -184,7 +191,9 @@ async def _validation_error(error: RequestSchemaValidationError) -> Response:
         ]
     else:
         errors = [{"field": "(body)", "message": str(cause)}]
-    return _problem(problem_body(400, "invalid-request", "The request is not valid", "see errors", errors=errors))
+    return _problem(
+        problem_body(400, "invalid-request", "The request is not valid", "see errors", errors=errors)
+    )
 
 
 _HTTP_SLUGS = {
@@ -200,7 +209,8 @@ _HTTP_SLUGS = {
 async def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     detail = error.description or error.name
-    headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+    allowed = error.valid_methods if isinstance(error, MethodNotAllowed) else None
+    headers = {"Allow": ", ".join(allowed)} if allowed else None
     slug = _HTTP_SLUGS.get(status, "http-error")
     return _problem(problem_body(status, slug, error.name, detail), headers)
 

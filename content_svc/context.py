@@ -38,13 +38,18 @@ class ContentMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.messages_sent = Counter(
-            "pingpull_messages_sent", "Messages committed (not counting idempotent replays).", registry=self.registry
+            "pingpull_messages_sent",
+            "Messages committed (not counting idempotent replays).",
+            registry=self.registry,
         )
         self.idempotent_replays = Counter(
             "pingpull_idempotent_replays", "Sends answered with an existing message.", registry=self.registry
         )
         self.signals_published = Counter(
-            "pingpull_signals_published", "NEW frames published, by outcome.", ["outcome"], registry=self.registry
+            "pingpull_signals_published",
+            "NEW frames published, by outcome.",
+            ["outcome"],
+            registry=self.registry,
         )
         self.rate_limited = Counter(
             "pingpull_rate_limited", "Requests refused by a rate limit.", ["limit"], registry=self.registry

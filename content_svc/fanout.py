@@ -20,7 +20,10 @@ log = logging.getLogger("pingpull.content.fanout")
 async def announce(ctx: ContentContext, result: SendResult) -> None:
     publications = [
         Publication(
-            user_id=r.user_id, head=r.head, frame=wire.encode_new(r.head, result.message.id), device_ids=r.device_ids
+            user_id=r.user_id,
+            head=r.head,
+            frame=wire.encode_new(r.head, result.message.id),
+            device_ids=r.device_ids,
         )
         for r in result.recipients
     ]
@@ -28,7 +31,9 @@ async def announce(ctx: ContentContext, result: SendResult) -> None:
         received = await ctx.bus.publish(publications)
     except BusError as exc:
         ctx.metrics.signals_published.labels("bus_error").inc(sum(len(p.device_ids) for p in publications))
-        logs.event(log, "bus_publish_failed", level=logging.WARNING, message_id=result.message.id, error=str(exc))
+        logs.event(
+            log, "bus_publish_failed", level=logging.WARNING, message_id=result.message.id, error=str(exc)
+        )
         return
     unreached = [
         device_id

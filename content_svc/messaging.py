@@ -64,7 +64,7 @@ class SendResult:
     recipients: tuple[Recipient, ...] = field(default=())
 
 
-def _message(row: Row[Any]) -> Message:
+def _message(row: Row[Any] | Any) -> Message:
     return Message(
         id=row.id,
         conversation_id=row.conversation_id,
@@ -216,7 +216,9 @@ async def _bump_heads(conn: AsyncConnection, user_ids: list[int]) -> dict[int, i
 async def _find_by_key(conn: AsyncConnection, sender_id: int, key: str) -> Message | None:
     row = (
         await conn.execute(
-            select(*_MESSAGE_COLUMNS).where(messages.c.sender_id == sender_id, messages.c.idempotency_key == key)
+            select(*_MESSAGE_COLUMNS).where(
+                messages.c.sender_id == sender_id, messages.c.idempotency_key == key
+            )
         )
     ).first()
     return None if row is None else _message(row)
@@ -282,7 +284,9 @@ async def ack(conn: AsyncConnection, user_id: int, device_id: int, seq: int, now
     head = (await conn.execute(select(users.c.inbox_head).where(users.c.id == user_id))).scalar_one()
     if seq > head:
         raise Unprocessable(f"cannot acknowledge seq {seq}: the inbox head is {head}", head=head)
-    stmt = dialects.insert(conn, device_cursors).values(device_id=device_id, acked_seq=seq, updated_at_ms=now_ms)
+    stmt = dialects.insert(conn, device_cursors).values(
+        device_id=device_id, acked_seq=seq, updated_at_ms=now_ms
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["device_id"],
         set_={

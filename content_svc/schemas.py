@@ -151,4 +151,6 @@ class Problem(Open):
 class SendHeaders(BaseModel):
     """`Idempotency-Key`: the client's id for this send; retries with the same key never duplicate."""
 
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+    idempotency_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+    ]

@@ -42,7 +42,9 @@ class Conversation:
 # --- accounts and devices ----------------------------------------------------------------------
 
 
-async def create_account(conn: AsyncConnection, handle: str, device_name: str, now_ms: int) -> tuple[int, int]:
+async def create_account(
+    conn: AsyncConnection, handle: str, device_name: str, now_ms: int
+) -> tuple[int, int]:
     stmt = (
         dialects.insert(conn, users)
         .values(handle=handle, inbox_head=0, created_at_ms=now_ms)
@@ -81,7 +83,13 @@ async def device_belongs_to(conn: AsyncConnection, user_id: int, device_id: int)
 
 
 async def set_push_token(
-    conn: AsyncConnection, user_id: int, device_id: int, provider: str, token: str, environment: str, now_ms: int
+    conn: AsyncConnection,
+    user_id: int,
+    device_id: int,
+    provider: str,
+    token: str,
+    environment: str,
+    now_ms: int,
 ) -> None:
     # A push token identifies an app install; if it moved (reinstall, restored backup), the old device
     # row must not keep it, or one phone would be woken twice.
@@ -94,7 +102,10 @@ async def set_push_token(
         update(devices)
         .where(devices.c.id == device_id, devices.c.user_id == user_id)
         .values(
-            push_provider=provider, push_token=token, push_environment=environment, push_registered_at_ms=now_ms
+            push_provider=provider,
+            push_token=token,
+            push_environment=environment,
+            push_registered_at_ms=now_ms,
         )
     )
     if result.rowcount != 1:
@@ -115,7 +126,12 @@ async def clear_push_token(conn: AsyncConnection, user_id: int, device_id: int) 
 
 
 async def create_conversation(
-    conn: AsyncConnection, creator_id: int, member_ids: list[int], title: str | None, max_members: int, now_ms: int
+    conn: AsyncConnection,
+    creator_id: int,
+    member_ids: list[int],
+    title: str | None,
+    max_members: int,
+    now_ms: int,
 ) -> tuple[Conversation, bool]:
     """Returns the conversation and whether it was created (False: the existing direct one)."""
     everyone = sorted(set(member_ids) | {creator_id})
@@ -164,7 +180,9 @@ async def create_conversation(
 
 async def member_role(conn: AsyncConnection, user_id: int, conversation_id: int) -> str | None:
     row = await conn.execute(
-        select(members.c.role).where(members.c.conversation_id == conversation_id, members.c.user_id == user_id)
+        select(members.c.role).where(
+            members.c.conversation_id == conversation_id, members.c.user_id == user_id
+        )
     )
     return row.scalar_one_or_none()
 
@@ -188,7 +206,9 @@ async def get_conversation(conn: AsyncConnection, user_id: int, conversation_id:
     )
 
 
-async def list_conversations(conn: AsyncConnection, user_id: int, after: int, limit: int) -> list[Conversation]:
+async def list_conversations(
+    conn: AsyncConnection, user_id: int, after: int, limit: int
+) -> list[Conversation]:
     ids = (
         await conn.execute(
             select(members.c.conversation_id)
@@ -200,7 +220,9 @@ async def list_conversations(conn: AsyncConnection, user_id: int, after: int, li
     return [await get_conversation(conn, user_id, cid) for cid in ids.all()]
 
 
-async def add_member(conn: AsyncConnection, actor_id: int, conversation_id: int, user_id: int, max_members: int, now_ms: int) -> bool:
+async def add_member(
+    conn: AsyncConnection, actor_id: int, conversation_id: int, user_id: int, max_members: int, now_ms: int
+) -> bool:
     """Returns True when the user was added, False when already a member."""
     conversation = await _group_for_admin(conn, actor_id, conversation_id)
     if any(uid == user_id for uid, _ in conversation.members):
@@ -211,7 +233,9 @@ async def add_member(conn: AsyncConnection, actor_id: int, conversation_id: int,
         raise Unprocessable("that user does not exist", unknown_user_ids=[user_id])
     last_message_id = (
         await conn.execute(
-            select(func.coalesce(func.max(messages.c.id), 0)).where(messages.c.conversation_id == conversation_id)
+            select(func.coalesce(func.max(messages.c.id), 0)).where(
+                messages.c.conversation_id == conversation_id
+            )
         )
     ).scalar_one()
     await conn.execute(
@@ -248,7 +272,9 @@ async def remove_member(conn: AsyncConnection, actor_id: int, conversation_id: i
 
 async def _keep_an_admin(conn: AsyncConnection, conversation_id: int) -> None:
     # A group whose last admin left would be frozen; hand the role to the longest-standing member.
-    admins = select(func.count()).where(members.c.conversation_id == conversation_id, members.c.role == "admin")
+    admins = select(func.count()).where(
+        members.c.conversation_id == conversation_id, members.c.role == "admin"
+    )
     if (await conn.execute(admins)).scalar_one() > 0:
         return
     successor = (

@@ -28,7 +28,10 @@ log = logging.getLogger("pingpull")
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML settings file (env PINGPULL_CONFIG)")
     parser.add_argument("--data-dir", help="embedded data directory (env PINGPULL_DATA_DIR, ./pingpull-data)")
-    parser.add_argument("--database-url", help="sqlite+aiosqlite:///... or postgresql+asyncpg://... (env PINGPULL_DATABASE_URL)")
+    parser.add_argument(
+        "--database-url",
+        help="sqlite+aiosqlite:///... or postgresql+asyncpg://... (env PINGPULL_DATABASE_URL)",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), help="env PINGPULL_LOG_FORMAT")
 
 
@@ -40,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("services", nargs="*", metavar="service", help="content, signal, push (default: all)")
     _settings_flags(serve)
     serve.add_argument("--host", help="listen address for every service (env PINGPULL_HOST, 127.0.0.1)")
-    serve.add_argument("--content-port", type=int, help="0 picks a free port (env PINGPULL_CONTENT_PORT, 8080)")
+    serve.add_argument(
+        "--content-port", type=int, help="0 picks a free port (env PINGPULL_CONTENT_PORT, 8080)"
+    )
     serve.add_argument("--signal-port", type=int, help="0 picks a free port (env PINGPULL_SIGNAL_PORT, 8081)")
     serve.add_argument("--redis-url", help="Redis for the signal bus across nodes (env PINGPULL_REDIS_URL)")
 
@@ -50,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     account = commands.add_parser("account", help="manage accounts")
     account_commands = account.add_subparsers(dest="account_command", required=True)
-    create = account_commands.add_parser("create", help="create a user and its first device; prints its token")
+    create = account_commands.add_parser(
+        "create", help="create a user and its first device; prints its token"
+    )
     create.add_argument("handle")
     create.add_argument("--device-name", default="")
     _settings_flags(create)
@@ -97,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(compose.serve, settings, args.services or compose.SERVICES)
         elif args.command == "migrate":
             migrate.upgrade(settings.effective_database_url, args.revision)
-            logs.event(log, "migrated", revision=args.revision, database=settings.effective_database_url.split("://")[0])
+            logs.event(
+                log,
+                "migrated",
+                revision=args.revision,
+                database=settings.effective_database_url.split("://")[0],
+            )
         elif args.command == "account":
             compose.prepare(settings)
             print(json.dumps(trio.run(_create_account, settings, args.handle, args.device_name)))

@@ -84,7 +84,9 @@ def content_context(kernel: Kernel) -> ContentContext:
         database=kernel.database,
         bus=kernel.bus,
         signer=kernel.keys.signer(
-            settings.tokens.signing_kid, ttl_s=settings.tokens.access_token_ttl_s, issuer=settings.tokens.issuer
+            settings.tokens.signing_kid,
+            ttl_s=settings.tokens.access_token_ttl_s,
+            issuer=settings.tokens.issuer,
         ),
         verifier=kernel.keys.verifier(issuer=settings.tokens.issuer, leeway_s=settings.tokens.clock_leeway_s),
         send_limiter=TokenBucketLimiter(settings.content.send_rate_per_s, settings.content.send_burst),
@@ -108,7 +110,9 @@ async def serve(
         raise ConfigError("none of " + ", ".join(services) + " is built yet")
     for name in services:
         if name in NOT_YET_BUILT:
-            logs.event(log, "service_not_built", level=logging.WARNING, service=name, detail=NOT_YET_BUILT[name])
+            logs.event(
+                log, "service_not_built", level=logging.WARNING, service=name, detail=NOT_YET_BUILT[name]
+            )
 
     shutdown = trio.Event()
     async with open_kernel(settings) as kernel, trio.open_nursery() as nursery:
@@ -118,7 +122,7 @@ async def serve(
             context = content_context(kernel)
             urls["content"] = await nursery.start(run_content, context, shutdown)
         nursery.start_soon(_stop_on_signal, shutdown, context)
-        logs.event(log, "ready", **{name: " ".join(u) for name, u in urls.items()})
+        logs.event(log, "ready", services=" ".join(f"{name}={','.join(u)}" for name, u in urls.items()))
         task_status.started(urls)
         await shutdown.wait()
 

@@ -214,7 +214,7 @@ def load_settings(
                 data = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     return build_settings(_merge(data, _from_env(env)))
 
@@ -282,7 +282,9 @@ def _build(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''}: {', '.join(where + k for k in unknown)}")
+        raise ConfigError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''}: {', '.join(where + k for k in unknown)}"
+        )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         target = hints[name]
@@ -327,7 +329,7 @@ def _coerce(value: Any, target: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a number, not {value!r}")
         try:
             result = float(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"{name} must be a number, not {value!r}") from exc
         if result != result or result in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} must be a finite number")

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from tests.support.services import PostgresTemplate, SqliteTemplate, pg_admin, unavailable
 
@@ -25,7 +24,7 @@ def postgres_template() -> Iterator[PostgresTemplate | Exception]:
     # Probed once per session; each test that needs it fails or skips on its own.
     try:
         pg_admin("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         yield exc
         return
     template = PostgresTemplate()

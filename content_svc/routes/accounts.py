@@ -67,7 +67,13 @@ async def register_push(device_id: int, data: PushRegistration) -> Response:
     who = await principal()
     _require_own_device(who.device_id, device_id)
     await ctx.database.transaction(
-        store.set_push_token, who.user_id, device_id, data.provider, data.token, data.environment, ctx.clock_ms()
+        store.set_push_token,
+        who.user_id,
+        device_id,
+        data.provider,
+        data.token,
+        data.environment,
+        ctx.clock_ms(),
     )
     return no_content(204)
 

@@ -107,7 +107,9 @@ async def history(conversation_id: int, query_args: HistoryQuery) -> dict[str, o
 @validate_headers(SendHeaders)
 @validate_request(SendMessage)
 @validate_response(MessageOut, 201)
-async def send(conversation_id: int, data: SendMessage, headers: SendHeaders) -> tuple[dict[str, object], int, dict[str, str]]:
+async def send(
+    conversation_id: int, data: SendMessage, headers: SendHeaders
+) -> tuple[dict[str, object], int, dict[str, str]]:
     """Send a message. The same Idempotency-Key again returns the original message, never a duplicate."""
     ctx = context()
     who = await principal()

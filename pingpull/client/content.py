@@ -24,7 +24,13 @@ class ContentClient:
         return ContentClient(self.http, token)
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, params: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
         if self.token is not None:
@@ -38,14 +44,18 @@ class ContentClient:
                 problem = response.json()
             except ValueError:
                 problem = {"detail": response.text[:200]}
-            raise ApiError(response.status_code, problem if isinstance(problem, dict) else {"detail": problem})
+            raise ApiError(
+                response.status_code, problem if isinstance(problem, dict) else {"detail": problem}
+            )
         return response
 
     # --- accounts ----------------------------------------------------------------------------------
 
     async def create_account(self, handle: str, device_name: str = "") -> dict[str, Any]:
         """Register; the returned client is not changed (use `with_token(result['token'])`)."""
-        response = await self.request("POST", "/v1/accounts", json={"handle": handle, "device_name": device_name})
+        response = await self.request(
+            "POST", "/v1/accounts", json={"handle": handle, "device_name": device_name}
+        )
         result: dict[str, Any] = response.json()
         return result
 
@@ -55,7 +65,9 @@ class ContentClient:
         ).json()
         return result
 
-    async def register_push(self, device_id: int, provider: str, token: str, environment: str = "production") -> None:
+    async def register_push(
+        self, device_id: int, provider: str, token: str, environment: str = "production"
+    ) -> None:
         await self.request(
             "PUT",
             f"/v1/devices/{device_id}/push",
@@ -72,19 +84,29 @@ class ContentClient:
         return result
 
     async def send(
-        self, conversation_id: int, body: str, *, idempotency_key: str | None = None, media: Sequence[str] = ()
+        self,
+        conversation_id: int,
+        body: str,
+        *,
+        idempotency_key: str | None = None,
+        media: Sequence[str] = (),
     ) -> dict[str, Any]:
         key = idempotency_key or secrets.token_urlsafe(16)
         payload: dict[str, Any] = {"body": body}
         if media:
             payload["media"] = list(media)
         response = await self.request(
-            "POST", f"/v1/conversations/{conversation_id}/messages", json=payload, headers={"Idempotency-Key": key}
+            "POST",
+            f"/v1/conversations/{conversation_id}/messages",
+            json=payload,
+            headers={"Idempotency-Key": key},
         )
         result: dict[str, Any] = response.json()
         return result
 
-    async def history(self, conversation_id: int, before: int | None = None, limit: int | None = None) -> dict[str, Any]:
+    async def history(
+        self, conversation_id: int, before: int | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
         params = {k: v for k, v in (("before", before), ("limit", limit)) if v is not None}
         result: dict[str, Any] = (
             await self.request("GET", f"/v1/conversations/{conversation_id}/messages", params=params)

@@ -43,7 +43,9 @@ MAX_ATTEMPTS = 5
 Work = Callable[Concatenate[AsyncConnection, P], Coroutine[Any, Any, T]]
 
 
-def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: float = 10.0, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, pool_timeout_s: float = 10.0, echo: bool = False
+) -> AsyncEngine:
     """An AsyncEngine for `sqlite+aiosqlite` or `postgresql+asyncpg`, tuned for pingpull's workload."""
     if url.startswith("sqlite"):
         _ensure_sqlite_parent(url)
@@ -111,13 +113,19 @@ class Database:
 
     async def transaction(self, work: Work[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `work(conn, ...)` in a write transaction, retrying on deadlock or serialization failure."""
-        return await self.bridge.run(self._in_transaction, work, False, *args, **kwargs)
+        return await self.bridge.run(self._in_transaction, work, False, args, kwargs)
 
     async def read(self, work: Work[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `work(conn, ...)` in a read transaction (deferred on SQLite, so it runs beside writers)."""
-        return await self.bridge.run(self._in_transaction, work, True, *args, **kwargs)
+        return await self.bridge.run(self._in_transaction, work, True, args, kwargs)
 
-    async def _in_transaction(self, work: Work[P, T], read_only: bool, *args: Any, **kwargs: Any) -> T:
+    async def _in_transaction(
+        self,
+        work: Callable[..., Coroutine[Any, Any, T]],
+        read_only: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
         # Runs on the asyncio side.
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -129,7 +137,12 @@ class Database:
             except DBAPIError as exc:
                 if attempt == MAX_ATTEMPTS or not is_retryable(exc):
                     raise
-                log.info("retrying transaction %s after %s (attempt %d)", work.__name__, type(exc).__name__, attempt)
+                log.info(
+                    "retrying transaction %s after %s (attempt %d)",
+                    work.__name__,
+                    type(exc).__name__,
+                    attempt,
+                )
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 

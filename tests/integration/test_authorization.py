@@ -41,7 +41,13 @@ async def test_forged_expired_and_foreign_tokens_get_401(live: LiveContent) -> N
     _, alice = await live.account("alice")
     kid = live.context.signer.kid
     now = int(time.time())
-    claims = {"sub": str(alice["user_id"]), "did": alice["device_id"], "iat": now, "exp": now + 600, "iss": "pingpull"}
+    claims = {
+        "sub": str(alice["user_id"]),
+        "did": alice["device_id"],
+        "iat": now,
+        "exp": now + 600,
+        "iss": "pingpull",
+    }
     forged = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid})
     hs256 = jwt.encode(claims, "s" * 32, algorithm="HS256", headers={"kid": kid})
     expired = jwt.encode(
@@ -90,7 +96,9 @@ async def test_non_members_get_404_for_every_conversation_route(live: LiveConten
         )
         await _problem(response, 404, "not-found")
     # Exactly what an id that does not exist looks like.
-    response = await mallory.http.get("/v1/conversations/987654", headers={"Authorization": f"Bearer {mallory.token}"})
+    response = await mallory.http.get(
+        "/v1/conversations/987654", headers={"Authorization": f"Bearer {mallory.token}"}
+    )
     await _problem(response, 404, "not-found")
     assert (await mallory.pull(0))["head"] == 0
     listed = (await mallory.request("GET", "/v1/conversations")).json()

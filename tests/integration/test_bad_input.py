@@ -57,13 +57,19 @@ SEND_BODIES = [
 
 
 @pytest.mark.parametrize(("raw", "content_type", "status", "slug"), SEND_BODIES)
-async def test_bad_send_bodies(live: LiveContent, pair: Any, raw: bytes, content_type: str, status: int, slug: str) -> None:
+async def test_bad_send_bodies(
+    live: LiveContent, pair: Any, raw: bytes, content_type: str, status: int, slug: str
+) -> None:
     alice, cid, _ = pair
     before = await _counts(live)
     response = await live.http.post(
         f"/v1/conversations/{cid}/messages",
         content=raw,
-        headers={"Authorization": f"Bearer {alice.token}", "Content-Type": content_type, "Idempotency-Key": "k"},
+        headers={
+            "Authorization": f"Bearer {alice.token}",
+            "Content-Type": content_type,
+            "Idempotency-Key": "k",
+        },
     )
     _assert_problem(response, status, slug)
     assert await _counts(live) == before
@@ -119,7 +125,15 @@ async def test_media_ids_that_do_not_exist_are_refused(live: LiveContent, pair: 
 
 @pytest.mark.parametrize(
     "query",
-    ["after=-1", "after=abc", "after=99999999999999999999999", "limit=0", "limit=-5", "limit=100000", "bogus=1"],
+    [
+        "after=-1",
+        "after=abc",
+        "after=99999999999999999999999",
+        "limit=0",
+        "limit=-5",
+        "limit=100000",
+        "bogus=1",
+    ],
 )
 async def test_bad_inbox_queries(live: LiveContent, pair: Any, query: str) -> None:
     alice, _, _ = pair
@@ -174,7 +188,14 @@ async def test_bad_conversation_bodies(live: LiveContent, pair: Any, body: dict[
 
 @pytest.mark.parametrize(
     "body",
-    [{"handle": "ab"}, {"handle": "Has Caps"}, {"handle": "x" * 65}, {"handle": 5}, {}, {"handle": "ok_name", "x": 1}],
+    [
+        {"handle": "ab"},
+        {"handle": "Has Caps"},
+        {"handle": "x" * 65},
+        {"handle": 5},
+        {},
+        {"handle": "ok_name", "x": 1},
+    ],
 )
 async def test_bad_account_bodies(live: LiveContent, body: dict[str, Any]) -> None:
     before = await _counts(live)
@@ -214,5 +235,7 @@ async def test_bad_push_registrations(live: LiveContent, pair: Any, body: dict[s
 async def test_ack_body_validation(live: LiveContent, pair: Any) -> None:
     alice, _, _ = pair
     for body in ({"seq": -1}, {"seq": "1"}, {"seq": 1.5}, {}, {"seq": 2**63}):
-        response = await live.http.post("/v1/inbox/ack", json=body, headers={"Authorization": f"Bearer {alice.token}"})
+        response = await live.http.post(
+            "/v1/inbox/ack", json=body, headers={"Authorization": f"Bearer {alice.token}"}
+        )
         _assert_problem(response, 400, "invalid-request")

@@ -18,7 +18,9 @@ MESSAGES_PER_SENDER = 4
 async def _inbox_seqs(live: LiveContent) -> dict[int, list[int]]:
     async def read(conn: AsyncConnection) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
-        for row in await conn.execute(select(inbox.c.user_id, inbox.c.seq).order_by(inbox.c.user_id, inbox.c.seq)):
+        for row in await conn.execute(
+            select(inbox.c.user_id, inbox.c.seq).order_by(inbox.c.user_id, inbox.c.seq)
+        ):
             out.setdefault(row.user_id, []).append(row.seq)
         return out
 

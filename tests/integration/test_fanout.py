@@ -27,7 +27,9 @@ async def test_every_recipient_device_gets_a_new_frame_except_the_sender(live: L
     conversation = await alice.create_conversation([b["user_id"]])
     received: dict[int, list[bytes]] = {}
     for device_id in (a["device_id"], alice_laptop["device_id"], b["device_id"], bob_tablet["device_id"]):
-        live.kernel.bus.subscribe(device_id, lambda frame, d=device_id: received.setdefault(d, []).append(frame))
+        live.kernel.bus.subscribe(
+            device_id, lambda frame, d=device_id: received.setdefault(d, []).append(frame)
+        )
 
     first = await alice.send(conversation["id"], "one")
     second = await alice.send(conversation["id"], "two")

@@ -7,6 +7,7 @@ green CI run always means the PostgreSQL half of the suite ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -73,10 +74,8 @@ class PostgresTemplate:
 
     def drop_all(self) -> None:
         for name in [*self.copies, self.name]:
-            try:
+            with contextlib.suppress(Exception):  # best effort clean-up of a test server
                 self.drop(name)
-            except Exception:  # noqa: BLE001 - best effort clean-up of a test server
-                pass
 
 
 class SqliteTemplate:
