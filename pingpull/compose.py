@@ -12,6 +12,7 @@ import signal
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import trio
@@ -122,7 +123,8 @@ async def serve(
             context = content_context(kernel)
             urls["content"] = await nursery.start(run_content, context, shutdown)
         nursery.start_soon(_stop_on_signal, shutdown, context)
-        logs.event(log, "ready", services=" ".join(f"{name}={','.join(u)}" for name, u in urls.items()))
+        fields: dict[str, Any] = {f"{name}_url": ",".join(u) for name, u in urls.items()}
+        logs.event(log, "ready", **fields)
         task_status.started(urls)
         await shutdown.wait()
 

@@ -38,6 +38,14 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_database_url(url: str, name: str) -> None:
+    if url:
+        _require(
+            url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")),
+            f"{name} must be sqlite+aiosqlite://... or postgresql+asyncpg://...",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     """Where the relational store lives. Empty `url` means SQLite under the data dir."""
@@ -51,11 +59,7 @@ class DatabaseSettings:
     def __post_init__(self) -> None:
         _require(1 <= self.pool_size <= 1000, "database.pool_size must be within 1..1000")
         _require(self.pool_timeout_s > 0, "database.pool_timeout_s must be positive")
-        if self.url:
-            _require(
-                self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")),
-                "database.url must be sqlite+aiosqlite://... or postgresql+asyncpg://...",
-            )
+        _check_database_url(self.url, "database.url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,7 @@ class Settings:
             "log_level must be DEBUG, INFO, WARNING or ERROR",
         )
         _require(bool(self.data_dir), "data_dir must not be empty")
+        _check_database_url(self.database_url, "database_url")
 
     # --- derived values -------------------------------------------------------------------------
 
@@ -238,11 +243,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             out[key] = value
             continue
         section, _, rest = key.partition("_")
-        if section in sections and rest:
+        if section in sections and rest in _field_names(hints[section]):
             out.setdefault(section, {})[rest] = value
             continue
         raise ConfigError(f"unknown setting in environment: {name}")
     return out
+
+
+def _field_names(cls: Any) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
