@@ -29,8 +29,10 @@ class TokenBucketLimiter:
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
-        if rate_per_s <= 0 or burst < 1:
+        if not rate_per_s > 0 or burst < 1:  # `not >` also rejects NaN
             raise ValueError("rate_per_s must be positive and burst at least 1")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
         self._rate = rate_per_s
         self._burst = float(burst)
         self._clock = clock
@@ -46,6 +48,7 @@ class TokenBucketLimiter:
                 self._forget_full_buckets(now)
             bucket = self._buckets[key] = _Bucket(self._burst, now)
         else:
+            # A clock that stepped back refills nothing; re-basing on it never locks a user out.
             elapsed = max(0.0, now - bucket.updated_at)
             bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
             bucket.updated_at = now
@@ -63,5 +66,5 @@ class TokenBucketLimiter:
         if len(self._buckets) >= self._max_keys:
             # Still full of active keys: drop the oldest half rather than grow without bound.
             by_age = sorted(self._buckets, key=lambda k: self._buckets[k].updated_at)
-            for key in by_age[: len(by_age) // 2]:
+            for key in by_age[: max(1, len(by_age) // 2)]:
                 del self._buckets[key]

@@ -9,6 +9,7 @@ signed has expired. Claims: `sub` user id, `did` device id, `iat`, `exp`, `iss`.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -26,6 +28,7 @@ PRIVATE_SUFFIX = ".pem"
 PUBLIC_SUFFIX = ".pub.pem"
 # Claims are ids as JSON integers; anything bigger is not ours.
 _MAX_ID = 2**63 - 1
+_ASCII_ID = re.compile(r"[0-9]{1,19}")
 
 Clock = Callable[[], float]
 
@@ -78,21 +81,25 @@ class TokenVerifier:
                 algorithms=[ALGORITHM],
                 issuer=self._issuer,
                 leeway=self._leeway_s,
-                options={"require": ["exp", "iat", "sub", "did", "iss"], "verify_iat": False},
+                # Expiry is checked below against our clock, which may be injected (tests, skewed hosts).
+                options={
+                    "require": ["exp", "iat", "sub", "did", "iss"],
+                    "verify_iat": False,
+                    "verify_exp": False,
+                },
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenError("token has expired") from exc
         except jwt.PyJWTError as exc:
             raise TokenError(f"invalid token: {exc}") from exc
-        # PyJWT checks exp against the wall clock; ours may be injected (tests, skewed hosts).
         exp, iat = payload["exp"], payload["iat"]
         if not isinstance(exp, int) or not isinstance(iat, int):
             raise TokenError("invalid token: exp and iat must be integers")
         if exp + self._leeway_s < self._clock():
             raise TokenError("token has expired")
         return Claims(
-            user_id=_parse_id(payload["sub"], "sub"),
-            device_id=_parse_id(payload["did"], "did"),
+            user_id=_parse_id(payload["sub"], "sub", allow_text=True),
+            device_id=_parse_id(payload["did"], "did", allow_text=False),
             issued_at=iat,
             expires_at=exp,
         )
@@ -133,10 +140,11 @@ class TokenSigner:
         return jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
 
-def _parse_id(value: object, claim: str) -> int:
+def _parse_id(value: object, claim: str, *, allow_text: bool) -> int:
     if isinstance(value, bool):
         raise TokenError(f"invalid token: {claim} is not an id")
-    if isinstance(value, str) and value.isdigit():
+    # `str.isdigit` would accept "²" and Arabic-Indic digits; ids are 1..19 ASCII digits.
+    if allow_text and isinstance(value, str) and _ASCII_ID.fullmatch(value):
         value = int(value)
     if not isinstance(value, int) or not 1 <= value <= _MAX_ID:
         raise TokenError(f"invalid token: {claim} is not an id")
@@ -209,11 +217,16 @@ def load_keys(keys_dir: Path) -> KeyRing:
                 secret = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 if not isinstance(secret, Ed25519PrivateKey):
                     raise TokenError(f"{path} is not an Ed25519 private key")
-                kid = name.removesuffix(PRIVATE_SUFFIX)
-                private[kid] = secret
-                public.setdefault(kid, secret.public_key())
-        except (OSError, ValueError) as exc:
+                private[name.removesuffix(PRIVATE_SUFFIX)] = secret
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # TypeError: an encrypted private key (we take none); UnsupportedAlgorithm: exotic PEM.
             raise TokenError(f"cannot load key {path}: {exc}") from exc
+    for kid, secret in private.items():
+        derived = secret.public_key()
+        stored = public.setdefault(kid, derived)
+        if stored.public_bytes_raw() != derived.public_bytes_raw():
+            # Tokens signed with the private key would not verify against the published public key.
+            raise TokenError(f"{kid}{PUBLIC_SUFFIX} does not match {kid}{PRIVATE_SUFFIX}")
     if not public:
         raise TokenError(f"no keys found in {keys_dir}")
     return KeyRing(private_keys=private, public_keys=public)

@@ -48,7 +48,9 @@ def test_serve_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
     assert server.process.returncode == 0, server.log()
     assert "shutdown_requested" in server.log()
     with pingpull_serve(data) as again:
-        response = httpx.get(f"{again.content_url}/v1/inbox", headers={"Authorization": f"Bearer {created['token']}"})
+        response = httpx.get(
+            f"{again.content_url}/v1/inbox", headers={"Authorization": f"Bearer {created['token']}"}
+        )
         assert response.status_code == 200  # same key, same database: the old token still works
 
 
@@ -56,7 +58,16 @@ def test_serve_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
 def test_h2c_prior_knowledge(tmp_path: Path) -> None:
     with pingpull_serve(tmp_path / "data") as server:
         result = subprocess.run(
-            ["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}", f"{server.content_url}/healthz"],
+            [
+                "curl",
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+                f"{server.content_url}/healthz",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
