@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from content_svc.ratelimit import TokenBucketLimiter
+from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.bus import Bus
 from pingpull.config import ContentSettings
 from pingpull.db.engine import Database

@@ -18,7 +18,6 @@ from typing import Any
 import trio
 
 from content_svc.context import ContentContext
-from content_svc.ratelimit import TokenBucketLimiter
 from content_svc.service import run_content
 from pingpull import logs
 from pingpull.aio import AsyncioBridge, open_asyncio_bridge
@@ -27,13 +26,16 @@ from pingpull.config import Settings
 from pingpull.db import migrate
 from pingpull.db.engine import Database, open_database
 from pingpull.errors import ConfigError
+from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import KeyRing, ensure_keys, load_keys
+from signal_svc.gateway import Gateway
+from signal_svc.service import run_signal
 
 log = logging.getLogger("pingpull")
 
 SERVICES = ("content", "signal", "push")
 # Services whose issue has not landed yet: serve says so instead of pretending to run them.
-NOT_YET_BUILT = {"signal": "the signal gateway (issue 3)", "push": "the push bridge (issue 5)"}
+NOT_YET_BUILT = {"push": "the push bridge (issue 5)"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def load_key_ring(settings: Settings) -> KeyRing:
 @asynccontextmanager
 async def open_kernel(settings: Settings) -> AsyncIterator[Kernel]:
     if settings.redis_url:
-        raise ConfigError("redis_url is set, but the Redis bus arrives with the signal gateway (issue 3)")
+        raise ConfigError("redis_url is set, but the Redis bus is not built yet (issue 3)")
     keys = load_key_ring(settings)
     async with (
         open_asyncio_bridge() as bridge,
@@ -96,6 +98,15 @@ def content_context(kernel: Kernel) -> ContentContext:
     )
 
 
+def gateway(kernel: Kernel) -> Gateway:
+    tokens = kernel.settings.tokens
+    return Gateway(
+        settings=kernel.settings.signal,
+        bus=kernel.bus,
+        verifier=kernel.keys.verifier(issuer=tokens.issuer, leeway_s=tokens.clock_leeway_s),
+    )
+
+
 async def serve(
     settings: Settings,
     services: Collection[str] = SERVICES,
@@ -122,6 +133,8 @@ async def serve(
         if "content" in runnable:
             context = content_context(kernel)
             urls["content"] = await nursery.start(run_content, context, shutdown)
+        if "signal" in runnable:
+            urls["signal"] = await nursery.start(run_signal, gateway(kernel), shutdown)
         nursery.start_soon(_stop_on_signal, shutdown, context)
         fields: dict[str, Any] = {f"{name}_url": ",".join(u) for name, u in urls.items()}
         logs.event(log, "ready", **fields)

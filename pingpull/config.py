@@ -129,16 +129,41 @@ class SignalSettings:
     port: int = 8081
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 10.0
+    # The whole request head must arrive within this (slowloris), and be at most this big.
+    handshake_timeout_s: float = 10.0
+    max_head_bytes: int = 8 * 1024
+    # Clients only send control frames; anything bigger is abuse (close 1009).
+    max_client_frame_bytes: int = 125
+    # Bytes queued for a client that does not read; beyond it the connection is dropped.
+    max_pending_bytes: int = 16 * 1024
+    max_connections: int = 15_000
+    max_connections_per_device: int = 4
+    handshake_rate_per_s: float = 2_000.0
+    handshake_burst: int = 4_000
+    poll_max_timeout_s: float = 60.0
+    sse_retry_ms: int = 3_000
     drain_window_s: float = 30.0
     drain_timeout_s: float = 45.0
-    max_connections: int = 15_000
+    # Reconnect-delay hint carried in GOAWAY frames, on top of the staggered close.
+    goaway_max_delay_ms: int = 1_000
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "signal.port must be within 0..65535")
         _require(1 <= self.ping_interval_s <= 3600, "signal.ping_interval_s must be within 1..3600")
         _require(0 < self.ping_timeout_s <= self.ping_interval_s * 4, "signal.ping_timeout_s")
-        _require(0 <= self.drain_window_s <= self.drain_timeout_s, "signal drain window within timeout")
+        _require(0 < self.handshake_timeout_s <= 120, "signal.handshake_timeout_s must be within 0..120")
+        _require(1024 <= self.max_head_bytes <= 1024 * 1024, "signal.max_head_bytes within 1024..1048576")
+        _require(2 <= self.max_client_frame_bytes <= 65536, "signal.max_client_frame_bytes within 2..65536")
+        _require(256 <= self.max_pending_bytes <= 16 * 1024 * 1024, "signal.max_pending_bytes out of range")
         _require(self.max_connections >= 1, "signal.max_connections must be positive")
+        _require(1 <= self.max_connections_per_device <= 64, "signal.max_connections_per_device within 1..64")
+        _require(
+            self.handshake_rate_per_s > 0 and self.handshake_burst >= 1, "signal handshake rate and burst"
+        )
+        _require(1 <= self.poll_max_timeout_s <= 600, "signal.poll_max_timeout_s within 1..600")
+        _require(0 <= self.sse_retry_ms <= 600_000, "signal.sse_retry_ms within 0..600000")
+        _require(0 <= self.drain_window_s <= self.drain_timeout_s, "signal drain window within timeout")
+        _require(0 <= self.goaway_max_delay_ms <= 6_553_500, "signal.goaway_max_delay_ms out of range")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,3 +15,24 @@ async def live(database_url: str, tmp_path: Path) -> AsyncIterator[LiveContent]:
     ensure_keys(tmp_path / "keys")
     async with live_content(test_settings(database_url, tmp_path)) as server:
         yield server
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, sqlite_template: object) -> AsyncIterator[LiveContent]:
+    """Content service and gateway on one in-memory bus, SQLite (the gateway never touches the DB)."""
+    from tests.support.services import SqliteTemplate
+
+    assert isinstance(sqlite_template, SqliteTemplate)
+    ensure_keys(tmp_path / "keys")
+    settings = test_settings(
+        sqlite_template.fresh_copy(tmp_path),
+        tmp_path,
+        signal={
+            "ping_interval_s": 1.0,
+            "ping_timeout_s": 0.5,
+            "handshake_timeout_s": 1.0,
+            "drain_window_s": 0.5,
+        },
+    )
+    async with live_content(settings, with_gateway=True) as server:
+        yield server

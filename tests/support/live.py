@@ -16,6 +16,8 @@ from content_svc.service import run_content
 from pingpull import compose
 from pingpull.client.content import ContentClient
 from pingpull.config import Settings, build_settings
+from signal_svc.gateway import Gateway
+from signal_svc.service import run_signal
 
 
 @dataclass
@@ -24,6 +26,8 @@ class LiveContent:
     context: ContentContext
     kernel: compose.Kernel
     http: httpx.AsyncClient
+    signal_url: str = ""
+    gateway: Gateway | None = None
 
     def client(self, token: str | None = None) -> ContentClient:
         return ContentClient(self.http, token)
@@ -33,26 +37,35 @@ class LiveContent:
         return self.client(created["token"]), created
 
 
-def test_settings(database_url: str, data_dir: Path, **content: Any) -> Settings:
+def test_settings(
+    database_url: str, data_dir: Path, signal: dict[str, Any] | None = None, **content: Any
+) -> Settings:
+    signal = signal or {}
     return build_settings(
         {
             "data_dir": str(data_dir),
             "database_url": database_url,
             "content": {"port": 0, "registration": "open", **content},
+            "signal": {"port": 0, **signal},
         }
     )
 
 
 @asynccontextmanager
-async def live_content(settings: Settings) -> AsyncIterator[LiveContent]:
+async def live_content(settings: Settings, *, with_gateway: bool = False) -> AsyncIterator[LiveContent]:
+    """The content service (and optionally the gateway on the same bus) inside this trio run."""
     shutdown = trio.Event()
     async with compose.open_kernel(settings) as kernel, trio.open_nursery() as nursery:
         context = compose.content_context(kernel)
         binds = await nursery.start(run_content, context, shutdown)
+        signal_url, gateway = "", None
+        if with_gateway:
+            gateway = compose.gateway(kernel)
+            signal_url = (await nursery.start(run_signal, gateway, shutdown))[0]
         base_url = binds[0]
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as http:
             try:
-                yield LiveContent(base_url=base_url, context=context, kernel=kernel, http=http)
+                yield LiveContent(base_url, context, kernel, http, signal_url, gateway)
             finally:
                 shutdown.set()

@@ -38,7 +38,9 @@ def pingpull_serve(
     """Start `pingpull serve --content-port 0 ...`, wait for its ready line, stop it with SIGTERM."""
     log_path = data_dir / "serve.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PINGPULL_") or k.startswith("PINGPULL_TEST")}
+    child_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PINGPULL_") or k.startswith("PINGPULL_TEST")
+    }
     child_env.update(env or {})
     command = [
         sys.executable,
@@ -54,7 +56,9 @@ def pingpull_serve(
         *args,
     ]
     with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, text=True)
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, text=True
+        )
     try:
         urls = _wait_ready(process, log_path, timeout_s)
         yield ServerProcess(process=process, urls=urls, log_path=log_path)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from content_svc.ratelimit import TokenBucketLimiter
+from pingpull.ratelimit import TokenBucketLimiter
 
 MESSAGE = "rate_per_s must be positive and burst at least 1"
 
