@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.bus import Bus
 from pingpull.config import ContentSettings
 from pingpull.db.engine import Database
+from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import TokenSigner, TokenVerifier
 
 

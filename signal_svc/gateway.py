@@ -7,6 +7,7 @@ same port and keep the connection for the next request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -84,6 +85,7 @@ class Gateway:
     draining: bool = False
     open_connections: int = 0
     handshakes: TokenBucketLimiter = field(init=False)
+    _all_closed: trio.Event = field(init=False, default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self.hub = Hub(
@@ -130,6 +132,8 @@ class Gateway:
         finally:
             self.open_connections -= 1
             sock.close()
+            if self.draining and self.open_connections == 0:
+                self._all_closed.set()
 
     async def _serve_requests(self, sock: socket.socket) -> None:
         leftover = b""
@@ -234,8 +238,8 @@ class Gateway:
                     link.goaway(
                         delay, wire.UNKNOWN_HEAD if head is None else head, settings.max_pending_bytes
                     )
-            while len(self.hub) > 0 or self.open_connections > 0:
-                await trio.sleep(0.05)
+            if self.open_connections > 0:
+                await self._all_closed.wait()
         logs.event(
             log, "drain_finished", remaining=len(self.hub), seconds=round(trio.current_time() - started, 3)
         )
@@ -247,10 +251,8 @@ def _unread(parser: h11.Connection) -> bytes:
 
 
 def _try_send(sock: socket.socket, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.send(data)
-    except OSError:
-        pass
 
 
 def _send_or_gone(sock: socket.socket, data: bytes) -> None:

@@ -53,7 +53,7 @@ class SignalRequest:
         return None
 
     def header_has_token(self, name: bytes, token: bytes) -> bool:
-        """Comma-separated header contains `token` (case-insensitive), e.g. Connection: keep-alive, Upgrade."""
+        """The comma-separated header has `token` (any case), e.g. Connection: keep-alive, Upgrade."""
         return any(
             part.strip().lower() == token
             for key, value in self.headers

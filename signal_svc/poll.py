@@ -46,7 +46,7 @@ class PollLink(Link):
         self._wake()  # the connection's task must detach and read the next request
         return delivery.poll_answer
 
-    def goaway(self, delay_ms: int, head: int, max_pending_bytes: int) -> None:
+    def goaway(self, delay_ms: int, head: int, max_pending_bytes: int) -> None:  # noqa: ARG002 - no head in a 503
         if not self.answered:
             self.answered = True
             refusal = HttpRefusal(

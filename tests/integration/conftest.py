@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from pingpull.tokens import ensure_keys
-from tests.support.live import LiveContent, live_content, test_settings
+from tests.support.live import LiveContent, live_content, settings_for_test
 
 
 @pytest.fixture
 async def live(database_url: str, tmp_path: Path) -> AsyncIterator[LiveContent]:
     """The content service on each backend, serving real HTTP on a free loopback port."""
     ensure_keys(tmp_path / "keys")
-    async with live_content(test_settings(database_url, tmp_path)) as server:
+    async with live_content(settings_for_test(database_url, tmp_path)) as server:
         yield server
 
 
@@ -24,7 +24,7 @@ async def stack(tmp_path: Path, sqlite_template: object) -> AsyncIterator[LiveCo
 
     assert isinstance(sqlite_template, SqliteTemplate)
     ensure_keys(tmp_path / "keys")
-    settings = test_settings(
+    settings = settings_for_test(
         sqlite_template.fresh_copy(tmp_path),
         tmp_path,
         signal={

@@ -37,7 +37,7 @@ class LiveContent:
         return self.client(created["token"]), created
 
 
-def test_settings(
+def settings_for_test(
     database_url: str, data_dir: Path, signal: dict[str, Any] | None = None, **content: Any
 ) -> Settings:
     signal = signal or {}
