@@ -28,7 +28,7 @@ from signal_svc import http
 from signal_svc.errors import ConnectionGone, HttpRefusal
 from signal_svc.http import Route, SignalRequest
 from signal_svc.hub import Hub
-from signal_svc.link import Link
+from signal_svc.link import Link, linger
 from signal_svc.poll import serve_poll
 from signal_svc.sse import serve_sse
 from signal_svc.ws import serve_websocket
@@ -129,6 +129,7 @@ class Gateway:
         except HttpRefusal as refusal:
             self.metrics.refused.labels(str(refusal.status)).inc()
             _try_send(sock, http.problem_bytes(refusal))
+            await linger(sock)
         finally:
             self.open_connections -= 1
             sock.close()

@@ -15,6 +15,7 @@ mid-write; ordering holds as long as the callback appends whenever something is 
 from __future__ import annotations
 
 import abc
+import contextlib
 import socket
 import time
 
@@ -151,3 +152,20 @@ class Link(abc.ABC):
         while self.pending is not None:
             await trio.lowlevel.wait_writable(self.sock)
             self._flush()
+
+
+async def linger(sock: socket.socket, seconds: float = 0.5) -> None:
+    """Half-close, then read and discard briefly: closing with unread input sends RST, which can
+    destroy our answer before the client reads it."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+    with trio.move_on_after(seconds):
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                if not sock.recv(65536):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return

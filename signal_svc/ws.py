@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -34,7 +35,7 @@ from pingpull import wire
 from signal_svc.delivery import Delivery, ws_frame
 from signal_svc.errors import ConnectionGone, HttpRefusal
 from signal_svc.http import SignalRequest
-from signal_svc.link import Link
+from signal_svc.link import Link, linger
 
 if TYPE_CHECKING:
     from signal_svc.gateway import Gateway
@@ -45,6 +46,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTARTING = 1012
 CLOSE_TRY_LATER = 1013
+_LINGER_S = 1.0
 
 
 class WsLink(Link):
@@ -146,8 +148,11 @@ async def _session(gateway: Gateway, link: WsLink) -> None:
                 elif isinstance(event, Ping):
                     await link.send_all(ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    if ws.state.name == "REMOTE_CLOSING":
-                        await link.send_all(ws.send(event.response()))
+                    if ws.state is not ConnectionState.REMOTE_CLOSING:
+                        close_code = int(event.code)  # wsproto's verdict on bytes it could not parse
+                        break
+                    await link.send_all(ws.send(event.response()))
+                    await _linger(link)
                     return
                 elif isinstance(event, TextMessage | BytesMessage):
                     too_big = len(event.data) > settings.max_client_frame_bytes
@@ -165,5 +170,10 @@ async def _session(gateway: Gateway, link: WsLink) -> None:
     )
     try:
         await link.send_all(ws.send(CloseConnection(code=close_code, reason=reason)))
+        await _linger(link)
     except ConnectionGone:
         return
+
+
+async def _linger(link: WsLink) -> None:
+    await linger(link.sock, _LINGER_S)
