@@ -13,21 +13,39 @@ Two implementations, same contract:
 
 `ThreadLoopBridge` (``kind="thread"``, the default)
     A daemon thread runs its own event loop (uvloop when importable, else the stdlib loop). `run`
-    hands the call over with ``loop.call_soon_threadsafe`` and parks the trio task in
-    `trio.lowlevel.wait_task_rescheduled`; the asyncio task's done callback hands the outcome back
-    with ``TrioToken.run_sync_soon(trio.lowlevel.reschedule, ...)``. Two thread wake-ups per call,
-    no per-call trio task, no memory channel.
+    parks the trio task in `trio.lowlevel.wait_task_rescheduled` (its abort_fn asks the loop to
+    cancel the asyncio task and returns ``Abort.FAILED``, so the real outcome is still awaited).
+    Calls go over in batches: the trio side appends to a FIFO and, unless a flush is already
+    pending, schedules one with ``loop.call_soon_threadsafe``; the asyncio task's done callback
+    does the same in the other direction with ``TrioToken.run_sync_soon``, and that flush calls
+    `trio.lowlevel.reschedule` for each finished call. At most two thread wake-ups per call, fewer
+    under load; no per-call trio task, no memory channel, no lock. `run` must be called from the
+    trio thread that opened the bridge; contextvars do not cross; objects bound to the loop are
+    created and used only through `run`.
 
 `TrioAsyncioBridge` (``kind="trio_asyncio"``)
     trio-asyncio's loop runs asyncio callbacks inside trio's own scheduler, and every asyncio
     reader/writer becomes a trio task waiting on the fd. Nothing crosses threads, but every asyncpg
     round trip pays for trio-asyncio's emulation.
 
-The default is picked by ``python -m bench.bridge`` (see docs/decisions/0001-asyncio-bridge.md for
-the full table; 2 vCPU AMD EPYC, PostgreSQL 15 on loopback, ratios vs. native asyncio + asyncpg in
-the same run)::
+The default is picked by ``python -m bench.bridge`` (bench/results/bridge.md has the run, and
+docs/decisions/0001-asyncio-bridge.md the decision). 2 vCPU AMD EPYC VM, PostgreSQL 15 on loopback,
+SQLAlchemy 2.1 AsyncEngine + asyncpg 0.32, medians of 5 interleaved rounds, ratios against native
+asyncio measured in the same run::
 
-    BENCHMARK_NUMBERS
+                           c1 p50 µs (× native)              c20 on a pool of 10, ops/s (× native)
+                           native  thread       trio-asyncio  native  thread        trio-asyncio
+    send transaction        1,098  1,152 1.05×  1,493 1.36×    1,939  2,016 1.04×   1,000 0.52×
+    inbox pull (50 rows)      459    532 1.16×    740 1.61×    4,100  3,509 0.86×   1,684 0.41×
+    SELECT 1                  291    350 1.20×    492 1.69×    6,238  5,696 0.91×   2,073 0.33×
+    bare crossing, no I/O       -     61 µs        29 µs           -  149,171/s     39,927/s
+
+A bare crossing is cheaper under trio-asyncio (no thread wake-ups), but every asyncpg round trip
+then runs through trio-asyncio's emulated selector: real queries come out 1.4-1.7× slower and at a
+third to a half of the throughput. The thread bridge pays ~60 µs per crossing (two thread wake-ups
+on this VM), which is why callers cross once per unit of work, and keeps 0.86-1.04× of native
+throughput. Handing calls over in batches doubled its bare-crossing throughput (71k/s with one wake-up
+per call).
 
 Contract of `AsyncioBridge.run`:
 
@@ -80,7 +98,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 BridgeKind = Literal["thread", "trio_asyncio"]
-DEFAULT_KIND: Final[BridgeKind] = "thread"
+DEFAULT_KIND: Final[BridgeKind] = "thread"  # chosen by bench/bridge.py; see the module docstring
 
 logger = logging.getLogger("pingpull.aio")
 
@@ -141,7 +159,6 @@ class _ThreadCall:
         "fn",
         "kwargs",
         "raise_cancel",
-        "result",
         "trio_task",
     )
 
@@ -413,8 +430,9 @@ async def open_trio_asyncio_bridge() -> AsyncIterator[TrioAsyncioBridge]:
 
 
 @asynccontextmanager
-async def open_asyncio_bridge(kind: BridgeKind = "thread") -> AsyncIterator[AsyncioBridge]:
-    """Open the bridge services use. ``kind`` defaults to the one bench/bridge.py measured fastest."""
+async def open_asyncio_bridge(kind: BridgeKind = DEFAULT_KIND) -> AsyncIterator[AsyncioBridge]:
+    """Open the bridge services use. ``kind`` defaults to the one bench/bridge.py measured fastest
+    (``"thread"``: see the module docstring and docs/decisions/0001-asyncio-bridge.md)."""
     if kind == "thread":
         async with open_thread_loop_bridge() as thread_bridge:
             yield thread_bridge
