@@ -41,10 +41,13 @@ assert _MAX_ID < MAX_U64
 
 
 class IdConverter(IntegerConverter):
-    """Path ids: positive, at most 2**63-1 (anything larger could not be stored, so it cannot exist)."""
+    """Path ids: digits only. An id outside 1..2**63-1 cannot exist, so it becomes 0, which no row has:
+    the route still matches and answers an ordinary 404. (Refusing it in the converter would make
+    Werkzeug fall through to the next rule and answer a misleading 405.)"""
 
-    def __init__(self, map: Any) -> None:
-        super().__init__(map, min=1, max=_MAX_ID)
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        return number if 1 <= number <= _MAX_ID else 0
 
 
 class _Request(TrioRequest):

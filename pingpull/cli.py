@@ -137,6 +137,7 @@ async def _create_account(settings: Settings, handle: str, device_name: str) -> 
     except ValidationError as exc:
         raise PingpullError(f"invalid handle or device name: {exc.errors()[0]['msg']}") from exc
     async with compose.open_kernel(settings) as kernel:
+        assert kernel.database is not None
         try:
             user_id, device_id = await kernel.database.transaction(
                 store.create_account, handle, device_name, wall_clock_ms()

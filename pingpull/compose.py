@@ -7,6 +7,7 @@ in-process bus.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Collection
@@ -22,6 +23,7 @@ from content_svc.service import run_content
 from pingpull import logs
 from pingpull.aio import AsyncioBridge, open_asyncio_bridge
 from pingpull.bus import Bus, MemoryBus
+from pingpull.bus.redis import RedisBus, open_redis_bus
 from pingpull.config import Settings
 from pingpull.db import migrate
 from pingpull.db.engine import Database, open_database
@@ -42,7 +44,7 @@ NOT_YET_BUILT = {"push": "the push bridge (issue 5)"}
 class Kernel:
     settings: Settings
     bridge: AsyncioBridge
-    database: Database
+    database: Database | None
     bus: Bus
     keys: KeyRing
 
@@ -63,25 +65,35 @@ def load_key_ring(settings: Settings) -> KeyRing:
 
 
 @asynccontextmanager
-async def open_kernel(settings: Settings) -> AsyncIterator[Kernel]:
-    if settings.redis_url:
-        raise ConfigError("redis_url is set, but the Redis bus is not built yet (issue 3)")
+async def open_kernel(settings: Settings, *, with_database: bool = True) -> AsyncIterator[Kernel]:
+    """Bridge, database (unless a gateway-only process), bus and keys, closed in reverse order."""
     keys = load_key_ring(settings)
-    async with (
-        open_asyncio_bridge() as bridge,
-        open_database(
-            settings.effective_database_url,
-            bridge,
-            pool_size=settings.database.pool_size,
-            pool_timeout_s=settings.database.pool_timeout_s,
-            echo=settings.database.echo,
-        ) as database,
-    ):
-        yield Kernel(settings=settings, bridge=bridge, database=database, bus=MemoryBus(), keys=keys)
+    async with open_asyncio_bridge() as bridge, contextlib.AsyncExitStack() as stack:
+        database: Database | None = None
+        if with_database:
+            database = await stack.enter_async_context(
+                open_database(
+                    settings.effective_database_url,
+                    bridge,
+                    pool_size=settings.database.pool_size,
+                    pool_timeout_s=settings.database.pool_timeout_s,
+                    echo=settings.database.echo,
+                )
+            )
+        bus: Bus
+        if settings.redis_url:
+            bus = await stack.enter_async_context(
+                open_redis_bus(settings.redis_url, bridge, prefix=settings.redis_prefix)
+            )
+        else:
+            bus = MemoryBus()
+        yield Kernel(settings=settings, bridge=bridge, database=database, bus=bus, keys=keys)
 
 
 def content_context(kernel: Kernel) -> ContentContext:
     settings = kernel.settings
+    if kernel.database is None:
+        raise ConfigError("the content service needs a database")
     return ContentContext(
         settings=settings.content,
         database=kernel.database,
@@ -127,19 +139,27 @@ async def serve(
             )
 
     shutdown = trio.Event()
-    async with open_kernel(settings) as kernel, trio.open_nursery() as nursery:
+    needs_database = any(name in runnable for name in ("content", "push"))
+    async with (
+        open_kernel(settings, with_database=needs_database) as kernel,
+        trio.open_nursery() as background,
+    ):
         urls: dict[str, list[str]] = {}
         context: ContentContext | None = None
-        if "content" in runnable:
-            context = content_context(kernel)
-            urls["content"] = await nursery.start(run_content, context, shutdown)
-        if "signal" in runnable:
-            urls["signal"] = await nursery.start(run_signal, gateway(kernel), shutdown)
-        nursery.start_soon(_stop_on_signal, shutdown, context)
-        fields: dict[str, Any] = {f"{name}_url": ",".join(u) for name, u in urls.items()}
-        logs.event(log, "ready", **fields)
-        task_status.started(urls)
-        await shutdown.wait()
+        if "signal" in runnable and isinstance(kernel.bus, RedisBus):
+            await background.start(kernel.bus.subscriber.run)
+        async with trio.open_nursery() as running:
+            # Each service returns by itself once `shutdown` is set and it has drained.
+            if "content" in runnable:
+                context = content_context(kernel)
+                urls["content"] = await running.start(run_content, context, shutdown)
+            if "signal" in runnable:
+                urls["signal"] = await running.start(run_signal, gateway(kernel), shutdown)
+            background.start_soon(_stop_on_signal, shutdown, context)
+            fields: dict[str, Any] = {f"{name}_url": ",".join(u) for name, u in urls.items()}
+            logs.event(log, "ready", **fields)
+            task_status.started(urls)
+        background.cancel_scope.cancel()
 
 
 async def _stop_on_signal(shutdown: trio.Event, context: ContentContext | None) -> None:

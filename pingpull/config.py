@@ -146,6 +146,12 @@ class SignalSettings:
     drain_timeout_s: float = 45.0
     # Reconnect-delay hint carried in GOAWAY frames, on top of the staggered close.
     goaway_max_delay_ms: int = 1_000
+    # Comma-separated subset of ws,sse,poll; a disabled transport answers 404 and clients fall back.
+    transports: str = "ws,sse,poll"
+
+    @property
+    def enabled_transports(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.transports.split(",") if t.strip())
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "signal.port must be within 0..65535")
@@ -164,6 +170,10 @@ class SignalSettings:
         _require(0 <= self.sse_retry_ms <= 600_000, "signal.sse_retry_ms within 0..600000")
         _require(0 <= self.drain_window_s <= self.drain_timeout_s, "signal drain window within timeout")
         _require(0 <= self.goaway_max_delay_ms <= 6_553_500, "signal.goaway_max_delay_ms out of range")
+        enabled = self.enabled_transports
+        _require(
+            bool(enabled) and enabled <= {"ws", "sse", "poll"}, "signal.transports: a subset of ws,sse,poll"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,8 @@ class Settings:
     data_dir: str = "./pingpull-data"
     database_url: str = ""
     redis_url: str = ""
+    # Namespace of keys and pub/sub channels, so deployments can share a Redis (channels are global).
+    redis_prefix: str = "pp"
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -204,6 +216,11 @@ class Settings:
         )
         _require(bool(self.data_dir), "data_dir must not be empty")
         _check_database_url(self.database_url, "database_url")
+        _require(
+            bool(self.redis_prefix) and self.redis_prefix.replace("_", "").replace("-", "").isalnum(),
+            "redis_prefix must be letters, digits, '-' and '_'",
+        )
+        _require(not self.redis_url or self.redis_url.startswith("redis://"), "redis_url must be redis://...")
 
     # --- derived values -------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from pingpull import logs, wire
-from pingpull.bus import Bus
+from pingpull.bus import Bus, BusError
 from pingpull.config import SignalSettings
 from pingpull.errors import TokenError
 from pingpull.ratelimit import TokenBucketLimiter
@@ -86,6 +86,8 @@ class Gateway:
     open_connections: int = 0
     handshakes: TokenBucketLimiter = field(init=False)
     _all_closed: trio.Event = field(init=False, default_factory=trio.Event)
+    # Where background work (resyncs) runs; set by run_signal.
+    nursery: trio.Nursery | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(
@@ -97,6 +99,28 @@ class Gateway:
         self.handshakes = TokenBucketLimiter(
             self.settings.handshake_rate_per_s, self.settings.handshake_burst, clock=trio.current_time
         )
+        self.bus.on_resync(self.request_resync)
+
+    def request_resync(self) -> None:
+        """The bus came back after losing its subscriptions: tell every device to pull."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self.resync)
+
+    async def resync(self) -> None:
+        links = list(self.hub.links())
+        users = sorted({link.user_id for link in links})
+        try:
+            heads = await self.bus.heads(users)
+        except BusError as exc:
+            logs.event(log, "resync_failed", level=logging.WARNING, error=str(exc))
+            heads = {}
+        devices: dict[int, int] = {link.device_id: link.user_id for link in links}
+        for device_id, user_id in devices.items():
+            head = heads.get(user_id)
+            self.hub.receive(device_id, wire.encode_new(wire.UNKNOWN_HEAD if head is None else head, 0))
+        logs.event(
+            log, "resynced", devices=len(devices), unknown_heads=sum(1 for u in users if heads.get(u) is None)
+        )
 
     async def attach_and_read_head(self, link: Link) -> int:
         """Attach `link` holding deliveries in its queue, then read the user's head from the bus.
@@ -106,7 +130,14 @@ class Gateway:
         link.pending = bytearray()
         self.hub.attach(link)
         self.metrics.sessions.labels(link.kind).inc()
-        head = await self.bus.head(link.user_id)
+        return await self.current_head(link.user_id)
+
+    async def current_head(self, user_id: int) -> int:
+        """The user's head as the bus knows it; "unknown" (the client pulls) when it does not, or is down."""
+        try:
+            head = await self.bus.head(user_id)
+        except BusError:
+            return wire.UNKNOWN_HEAD
         return wire.UNKNOWN_HEAD if head is None else head
 
     def admission_refusal(self) -> HttpRefusal | None:
@@ -143,6 +174,8 @@ class Gateway:
             if request.route in (Route.HEALTHZ, Route.READYZ, Route.METRICS):
                 _send_or_gone(sock, self._ops_answer(request.route))
                 continue
+            if request.route.value not in self.settings.enabled_transports:
+                raise HttpRefusal(404, "not-found", f"the {request.route.value} transport is disabled here")
             refusal = self.admission_refusal()
             if refusal is not None:
                 raise refusal

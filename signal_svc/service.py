@@ -45,6 +45,7 @@ async def run_signal(
     listener = open_listener(gateway.settings.host, gateway.settings.port)
     url = listener_url(listener)
     async with trio.open_nursery() as connections:
+        gateway.nursery = connections
         async with trio.open_nursery() as accepting:
             accepting.start_soon(_accept_loop, gateway, listener, connections)
             logs.event(log, "signal_listening", url=url)

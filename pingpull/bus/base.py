@@ -53,6 +53,14 @@ class Bus(abc.ABC):
     async def head(self, user_id: int) -> int | None:
         """The last head published for the user, or None when the bus does not know it."""
 
+    async def heads(self, user_ids: Sequence[int]) -> dict[int, int | None]:
+        """Several heads at once; backends with a batch lookup override this."""
+        return {user_id: await self.head(user_id) for user_id in user_ids}
+
+    def on_resync(self, handler: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Register a callback for "the bus lost its subscriptions and has them back": every held
+        device must be told to pull. The in-memory bus never loses them, so it never calls it."""
+
     @abc.abstractmethod
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         """Call `receiver(frame)` for every frame published to `device_id` until cancelled."""

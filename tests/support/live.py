@@ -14,6 +14,7 @@ import trio
 from content_svc.context import ContentContext
 from content_svc.service import run_content
 from pingpull import compose
+from pingpull.bus.redis import RedisBus
 from pingpull.client.content import ContentClient
 from pingpull.config import Settings, build_settings
 from signal_svc.gateway import Gateway
@@ -38,13 +39,20 @@ class LiveContent:
 
 
 def settings_for_test(
-    database_url: str, data_dir: Path, signal: dict[str, Any] | None = None, **content: Any
+    database_url: str,
+    data_dir: Path,
+    signal: dict[str, Any] | None = None,
+    redis: tuple[str, str] | None = None,
+    **content: Any,
 ) -> Settings:
+    """Settings on a free port; `redis` is (url, key prefix) for the Redis bus."""
     signal = signal or {}
+    redis_settings = {"redis_url": redis[0], "redis_prefix": redis[1]} if redis else {}
     return build_settings(
         {
             "data_dir": str(data_dir),
             "database_url": database_url,
+            **redis_settings,
             "content": {"port": 0, "registration": "open", **content},
             "signal": {"port": 0, **signal},
         }
@@ -60,6 +68,8 @@ async def live_content(settings: Settings, *, with_gateway: bool = False) -> Asy
         binds = await nursery.start(run_content, context, shutdown)
         signal_url, gateway = "", None
         if with_gateway:
+            if isinstance(kernel.bus, RedisBus):
+                await nursery.start(kernel.bus.subscriber.run)
             gateway = compose.gateway(kernel)
             signal_url = (await nursery.start(run_signal, gateway, shutdown))[0]
         base_url = binds[0]
@@ -69,3 +79,4 @@ async def live_content(settings: Settings, *, with_gateway: bool = False) -> Asy
                 yield LiveContent(base_url, context, kernel, http, signal_url, gateway)
             finally:
                 shutdown.set()
+                nursery.cancel_scope.cancel()

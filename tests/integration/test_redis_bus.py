@@ -1,0 +1,128 @@
+"""The Redis bus: receiver counts, monotonic heads, delivery through a gateway, recovery from a restart."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from pingpull import wire
+from pingpull.aio import AsyncioBridge
+from pingpull.bus import Publication
+from pingpull.bus.redis import RedisBus, open_redis_bus
+from pingpull.tokens import ensure_keys
+from tests.support.live import LiveContent, live_content, settings_for_test
+from tests.support.redis_server import RedisProcess
+from tests.support.services import REDIS_URL, SqliteTemplate, unavailable
+from tests.support.waiting import wait_until
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def bus(bridge: AsyncioBridge, redis_url: str, prefix: str) -> AsyncIterator[RedisBus]:
+    async with open_redis_bus(redis_url, bridge, prefix=prefix) as opened, trio.open_nursery() as nursery:
+        await nursery.start(opened.subscriber.run)
+        yield opened
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_counts_receivers_and_heads_only_move_forward(bus: RedisBus) -> None:
+    frame = wire.encode_new(5, 42)
+    assert await bus.publish([Publication(user_id=1, head=5, frame=frame, device_ids=(10, 11))]) == {
+        10: 0,
+        11: 0,
+    }
+    assert await bus.head(1) == 5
+    got: list[bytes] = []
+    subscription = bus.subscribe(10, got.append)
+    await wait_until(lambda: bus.subscriber.server_channel_count == 1)
+    late = wire.encode_new(3, 41)  # a slower sender committing an older seq, published later
+    assert await bus.publish([Publication(user_id=1, head=3, frame=late, device_ids=(10,))]) == {10: 1}
+    assert await bus.head(1) == 5
+    await wait_until(lambda: got == [late])
+    subscription.cancel()
+    await wait_until(lambda: bus.subscriber.server_channel_count == 0)
+    assert await bus.publish([Publication(user_id=1, head=6, frame=frame, device_ids=(10,))]) == {10: 0}
+    assert await bus.heads([1, 2]) == {1: 6, 2: None}
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_stack(
+    tmp_path: Path, sqlite_template: SqliteTemplate, private_redis: RedisProcess, prefix: str
+) -> AsyncIterator[LiveContent]:
+    ensure_keys(tmp_path / "keys")
+    settings = settings_for_test(
+        sqlite_template.fresh_copy(tmp_path), tmp_path, redis=(private_redis.url, prefix)
+    )
+    async with live_content(settings, with_gateway=True) as server:
+        yield server
+
+
+async def test_gateway_on_redis_survives_a_redis_restart_and_resyncs(
+    redis_stack: LiveContent, private_redis: RedisProcess
+) -> None:
+    alice, _ = await redis_stack.account("alice")
+    bob, b = await redis_stack.account("bob")
+    conversation = await alice.create_conversation([b["user_id"]])
+    url = redis_stack.signal_url.replace("http://", "ws://") + f"/v1/signal?access_token={bob.token}"
+    bus = redis_stack.kernel.bus
+    assert isinstance(bus, RedisBus)
+    async with open_websocket_url(url) as ws:
+        assert wire.decode(await ws.get_message()).kind == wire.Kind.HELLO
+        await wait_until(lambda: bus.subscriber.server_channel_count == 1)
+        first = await alice.send(conversation["id"], "before the restart")
+        with trio.fail_after(5):
+            assert wire.decode(await ws.get_message()).ref == first["id"]
+
+        private_redis.stop()  # Redis dies and comes back empty (no persistence)
+        private_redis.start()
+        with trio.fail_after(15):
+            resync = wire.decode(await ws.get_message())
+        # Redis lost the head, so the gateway says "unknown": the client must pull.
+        assert (resync.kind, resync.head, resync.ref) == (wire.Kind.NEW, wire.UNKNOWN_HEAD, 0)
+        await wait_until(lambda: bus.subscriber.server_channel_count == 1)
+        second = await alice.send(conversation["id"], "after the restart")
+        with trio.fail_after(5):
+            new = wire.decode(await ws.get_message())
+        assert (new.kind, new.head, new.ref) == (wire.Kind.NEW, 2, second["id"])
+    head, items = await bob.pull_all(0)
+    assert head == 2 and [i["message"]["body"] for i in items] == ["before the restart", "after the restart"]
+
+
+async def test_send_succeeds_while_redis_is_down(
+    redis_stack: LiveContent, private_redis: RedisProcess
+) -> None:
+    alice, _ = await redis_stack.account("alice")
+    bob, b = await redis_stack.account("bob")
+    conversation = await alice.create_conversation([b["user_id"]])
+    private_redis.stop()
+    sent = await alice.send(conversation["id"], "committed anyway")  # the bus is a hint; the DB is truth
+    head, items = await bob.pull_all(0)
+    assert head == 1 and items[0]["message"]["id"] == sent["id"]
