@@ -14,7 +14,6 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-import h11
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -200,36 +199,21 @@ class Gateway:
 
     async def _read_head(self, sock: socket.socket, leftover: bytes) -> tuple[SignalRequest, bytes]:
         """One request head, whole within `handshake_timeout_s` (slowloris) and `max_head_bytes`."""
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.settings.max_head_bytes)
-        if leftover:
-            parser.receive_data(leftover)
+        parser = http.HeadParser(self.settings.max_head_bytes)
         with trio.move_on_after(self.settings.handshake_timeout_s):
-            while True:
+            request = parser.feed(leftover)
+            while request is None:
+                await trio.lowlevel.wait_readable(sock)
                 try:
-                    event = parser.next_event()
-                except h11.RemoteProtocolError as exc:
-                    status = exc.error_status_hint
-                    slug = "headers-too-large" if status == 431 else "bad-request"
-                    raise HttpRefusal(status, slug, f"malformed request: {exc}") from exc
-                if isinstance(event, h11.Request):
-                    if any(
-                        name == b"content-length" and value != b"0" for name, value in event.headers
-                    ) or any(name == b"transfer-encoding" for name, value in event.headers):
-                        raise HttpRefusal(400, "bad-request", "requests here carry no body")
-                    return http.route_request(event), _unread(parser)
-                if event is h11.NEED_DATA:
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        data = sock.recv(self.settings.max_head_bytes)
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        raise ConnectionGone(str(exc)) from exc
-                    if not data:
-                        raise ConnectionGone("closed before a request")
-                    parser.receive_data(data)
-                else:
-                    raise HttpRefusal(400, "bad-request", "unexpected data before the request")
+                    data = sock.recv(self.settings.max_head_bytes)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise ConnectionGone(str(exc)) from exc
+                if not data:
+                    raise ConnectionGone("closed before a request")
+                request = parser.feed(data)
+            return request, parser.unread
         self.metrics.dropped.labels("handshake timeout").inc()
         raise HttpRefusal(408, "request-timeout", "the request head did not arrive in time")
 
@@ -277,11 +261,6 @@ class Gateway:
         logs.event(
             log, "drain_finished", remaining=len(self.hub), seconds=round(trio.current_time() - started, 3)
         )
-
-
-def _unread(parser: h11.Connection) -> bytes:
-    data, _closed = parser.trailing_data
-    return bytes(data)
 
 
 def _try_send(sock: socket.socket, data: bytes) -> None:

@@ -62,6 +62,50 @@ class SignalRequest:
         )
 
 
+class HeadParser:
+    """Incremental request-head parser: feed bytes, get a routed request once the head is complete.
+
+    h11 does the HTTP parsing (and bounds the head at `max_head_bytes`, answering 431 beyond it);
+    this adds the gateway's rules: GET only, no body, known paths."""
+
+    def __init__(self, max_head_bytes: int) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self._max_head_bytes = max_head_bytes
+        self._fed = 0
+
+    def feed(self, data: bytes) -> SignalRequest | None:
+        """None: need more bytes. Raises HttpRefusal for anything the gateway will not serve."""
+        if data:
+            self._fed += len(data)
+            self._h11.receive_data(data)
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            slug = "headers-too-large" if status == 431 else "bad-request"
+            raise HttpRefusal(status, slug, f"malformed request: {exc}") from exc
+        if event is h11.NEED_DATA:
+            return None
+        if not isinstance(event, h11.Request):
+            raise HttpRefusal(400, "bad-request", "unexpected data before the request")
+        # h11 bounds only *incomplete* heads; a complete one that arrived in one piece is checked here.
+        head_bytes = self._fed - len(self._h11.trailing_data[0])
+        if head_bytes > self._max_head_bytes:
+            raise HttpRefusal(
+                431, "headers-too-large", f"the request head is over {self._max_head_bytes} bytes"
+            )
+        for name, value in event.headers:
+            if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+                raise HttpRefusal(400, "bad-request", "requests here carry no body")
+        return route_request(event)
+
+    @property
+    def unread(self) -> bytes:
+        """Bytes received after the head (a pipelined request, or a client's first frames)."""
+        data, _closed = self._h11.trailing_data
+        return bytes(data)
+
+
 def route_request(event: h11.Request) -> SignalRequest:
     """Validate a parsed request head and pick its route, or raise HttpRefusal."""
     try:
@@ -72,7 +116,7 @@ def route_request(event: h11.Request) -> SignalRequest:
     route = _PATHS.get(parts.path)
     if route is None:
         raise HttpRefusal(404, "not-found", f"no such path: {parts.path[:100]}")
-    if event.method not in (b"GET", b"HEAD"):
+    if event.method != b"GET":
         raise HttpRefusal(405, "method-not-allowed", "only GET is served here", headers=[(b"Allow", b"GET")])
     try:
         pairs = parse_qsl(

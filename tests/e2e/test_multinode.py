@@ -1,0 +1,95 @@
+"""Several processes on one Redis: a content service and two gateways, as deployed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from pingpull import wire
+from tests.support.process import pingpull_serve
+from tests.support.services import REDIS_URL, unavailable
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+def _run(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pingpull.cli", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.e2e
+async def test_two_gateways_deliver_to_devices_on_either(tmp_path: Path, redis_url: str) -> None:
+    keys = tmp_path / "keys"
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
+    _run("keys", "create", "--keys-dir", str(keys))
+    _run("migrate", "--database-url", database)
+    env = {
+        "PINGPULL_TOKENS_KEYS_DIR": str(keys),
+        "PINGPULL_REDIS_URL": redis_url,
+        "PINGPULL_REDIS_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+        "PINGPULL_DATABASE_URL": database,
+        "PINGPULL_CONTENT_REGISTRATION": "open",
+    }
+    with (
+        pingpull_serve(tmp_path / "content", "content", env=env) as content,
+        pingpull_serve(tmp_path / "gw-a", "signal", env=env) as gateway_a,
+        pingpull_serve(tmp_path / "gw-b", "signal", env=env) as gateway_b,
+    ):
+        async with httpx.AsyncClient(base_url=content.content_url, timeout=10) as http:
+            accounts = {}
+            for handle in ("alice", "bobby", "carol"):
+                accounts[handle] = (await http.post("/v1/accounts", json={"handle": handle})).json()
+            alice = {"Authorization": f"Bearer {accounts['alice']['token']}"}
+            group = (
+                await http.post(
+                    "/v1/conversations",
+                    json={
+                        "members": [accounts["bobby"]["user_id"], accounts["carol"]["user_id"]],
+                        "title": "g",
+                    },
+                    headers=alice,
+                )
+            ).json()
+
+            def ws_url(gateway_url: str, who: str) -> str:
+                return (
+                    gateway_url.replace("http://", "ws://")
+                    + f"/v1/signal?access_token={accounts[who]['token']}"
+                )
+
+            async with (
+                open_websocket_url(ws_url(gateway_a.urls["signal"], "bobby")) as bob_ws,
+                open_websocket_url(ws_url(gateway_b.urls["signal"], "carol")) as carol_ws,
+            ):
+                for ws in (bob_ws, carol_ws):
+                    assert wire.decode(await ws.get_message()).kind == wire.Kind.HELLO
+                await trio.sleep(0.3)  # let both gateways' SUBSCRIBEs reach Redis
+                sent = (
+                    await http.post(
+                        f"/v1/conversations/{group['id']}/messages",
+                        json={"body": "to both gateways"},
+                        headers={**alice, "Idempotency-Key": "multi-1"},
+                    )
+                ).json()
+                for ws in (bob_ws, carol_ws):
+                    with trio.fail_after(5):
+                        frame = wire.decode(await ws.get_message())
+                    assert (frame.kind, frame.head, frame.ref) == (wire.Kind.NEW, 1, sent["id"])
