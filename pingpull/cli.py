@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--device-name", default="")
     _settings_flags(create)
 
+    chat = commands.add_parser("chat", help="send and watch messages from a terminal")
+    chat.add_argument("--as", dest="handle", required=True, help="your handle (registered on first use)")
+    chat.add_argument("--to", type=int, help="user id to talk to (a direct conversation)")
+    chat.add_argument("--content-url", default="http://127.0.0.1:8080")
+    chat.add_argument("--signal-url", default="http://127.0.0.1:8081")
+    chat.add_argument(
+        "--state-dir", default="./pingpull-data/chat", help="where credentials and the cursor live"
+    )
+
     keys = commands.add_parser("keys", help="manage token signing keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_create = keys_commands.add_parser("create", help="write a new Ed25519 key pair into the keys dir")
@@ -96,6 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        return _chat(args)
     try:
         settings = settings_from_args(args)
         logs.configure(settings.log_format, settings.log_level)
@@ -118,6 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"kid": kid, "keys_dir": str(Path(settings.keys_dir).resolve())}))
     except PingpullError as exc:
         print(f"pingpull: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from pingpull.client.chat import chat
+    from pingpull.client.errors import ClientError
+
+    logs.configure("text", "WARNING")
+    try:
+        trio.run(chat, args.handle, args.content_url, args.signal_url, Path(args.state_dir), args.to)
+    except ClientError as exc:
+        print(f"pingpull chat: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,10 @@ Why this exists instead of ``redis.asyncio`` behind `pingpull.aio`:
   set: no task, memory channel, lock or object per channel or per device. One connection, one
   reader task and one writer task per `RespSubscriber`, i.e. per gateway, not per client.
 
-``python -m bench.redis_subscriber`` measures both (bench/results/redis_subscriber.md).
+``python -m bench.redis_subscriber`` measures both (bench/results/redis_subscriber.md; 2 vCPU,
+Redis 7 on loopback, vs. redis.asyncio through the bridge with batched hand-off): backlog drain
+~2.8M vs ~210k msg/s (0.35 vs 4.8 µs CPU per message), p50 latency at 2,000 msg/s 49 vs 83 µs
+(CPU per message 25 vs 58 µs), cold subscribe to 10,000 channels 12 vs 85 ms.
 
 How it works:
 
