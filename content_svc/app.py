@@ -31,6 +31,7 @@ from content_svc.errors import (
     UnsupportedMediaType,
     problem_body,
 )
+from content_svc.openapi import PingpullOpenAPI
 from pingpull import logs
 from pingpull.wire import MAX_U64
 
@@ -85,6 +86,7 @@ def create_app(ctx: ContentContext) -> QuartTrio:
         info={"title": "pingpull content API", "version": "1"},
         security_schemes={"bearer": HttpSecurityScheme(scheme="bearer", bearer_format="JWT")},
         security=[{"bearer": []}],
+        openapi_provider_class=PingpullOpenAPI,
     )
 
     from content_svc.routes import accounts, conversations, inbox, ops

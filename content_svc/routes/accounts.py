@@ -8,6 +8,7 @@ from quart_schema import security_scheme, validate_request, validate_response
 from content_svc import store
 from content_svc.app import context, no_content, principal
 from content_svc.errors import NotFound, RegistrationClosed
+from content_svc.openapi import answers_without_body
 from content_svc.schemas import (
     AccountCreated,
     CreateAccount,
@@ -60,6 +61,7 @@ async def refresh_token() -> TokenRefreshed:
 
 
 @blueprint.put("/v1/devices/<id:device_id>/push")
+@answers_without_body(204)
 @validate_request(PushRegistration)
 async def register_push(device_id: int, data: PushRegistration) -> Response:
     """Register the device's APNs or FCM token; a device token acts only for its own device."""
@@ -79,6 +81,7 @@ async def register_push(device_id: int, data: PushRegistration) -> Response:
 
 
 @blueprint.delete("/v1/devices/<id:device_id>/push")
+@answers_without_body(204)
 async def unregister_push(device_id: int) -> Response:
     ctx = context()
     who = await principal()

@@ -8,6 +8,7 @@ from quart_schema import validate_headers, validate_querystring, validate_reques
 from content_svc import fanout, messaging, store
 from content_svc.app import context, no_content, principal
 from content_svc.errors import RateLimited, Unprocessable
+from content_svc.openapi import answers_without_body
 from content_svc.schemas import (
     ConversationList,
     ConversationOut,
@@ -67,6 +68,7 @@ async def get_one(conversation_id: int) -> dict[str, object]:
 
 
 @blueprint.post("/v1/conversations/<id:conversation_id>/members/<id:user_id>")
+@answers_without_body(201, 204)
 async def add_member(conversation_id: int, user_id: int) -> Response:
     """An admin adds a member to a group; they see messages from now on, not the history before."""
     ctx = context()
@@ -83,6 +85,7 @@ async def add_member(conversation_id: int, user_id: int) -> Response:
 
 
 @blueprint.delete("/v1/conversations/<id:conversation_id>/members/<id:user_id>")
+@answers_without_body(204)
 async def remove_member(conversation_id: int, user_id: int) -> Response:
     """An admin removes a member, or a member leaves; they stop receiving and reading new messages."""
     ctx = context()

@@ -7,6 +7,7 @@ from quart_schema import validate_querystring, validate_request, validate_respon
 
 from content_svc import messaging
 from content_svc.app import context, no_content, principal
+from content_svc.openapi import answers_without_body
 from content_svc.schemas import Ack, InboxPage, ListQuery
 
 blueprint = Blueprint("inbox", __name__)
@@ -25,6 +26,7 @@ async def pull(query_args: ListQuery) -> dict[str, object]:
 
 
 @blueprint.post("/v1/inbox/ack")
+@answers_without_body(204)
 @validate_request(Ack)
 async def ack(data: Ack) -> Response:
     """Move this device's cursor forward to `seq`; acking an older seq changes nothing."""
