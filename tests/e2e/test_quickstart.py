@@ -74,3 +74,32 @@ def test_h2c_prior_knowledge(tmp_path: Path) -> None:
             check=True,
         )
         assert result.stdout == "2"
+
+
+@pytest.mark.e2e
+async def test_sigterm_drains_websocket_clients_with_goaway(tmp_path: Path) -> None:
+    import signal
+
+    import trio
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    from pingpull import wire
+
+    env = {"PINGPULL_SIGNAL_DRAIN_WINDOW_S": "0.5", "PINGPULL_SIGNAL_DRAIN_TIMEOUT_S": "3"}
+    with pingpull_serve(tmp_path / "data", env=env) as server:
+        async with httpx.AsyncClient(base_url=server.content_url) as http:
+            token = (await http.post("/v1/accounts", json={"handle": "drained"})).json()["token"]
+        url = server.urls["signal"].replace("http://", "ws://") + f"/v1/signal?access_token={token}"
+        async with open_websocket_url(url) as ws:
+            assert wire.decode(await ws.get_message()).kind == wire.Kind.HELLO
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert wire.decode(await ws.get_message()).kind == wire.Kind.GOAWAY
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+            assert closed.value.reason is not None
+            assert closed.value.reason.code == 1012
+        with trio.fail_after(10):
+            await trio.to_thread.run_sync(server.process.wait)
+        assert server.process.returncode == 0
+        assert "drain_finished" in server.log()

@@ -81,3 +81,24 @@ async def test_long_poll_answers_when_head_passes_after(stack: LiveContent) -> N
             await trio.sleep(0.2)
             await alice.send(cid, "two")  # type: ignore[attr-defined]
         assert result[0].status_code == 200 and result[0].json() == {"head": 2}
+
+
+async def test_every_connection_of_every_device_of_the_user_receives(stack: LiveContent) -> None:
+    alice, _ = await stack.account("alice")
+    bob, b = await stack.account("bob")
+    tablet = await bob.link_device("tablet")
+    conversation = await alice.create_conversation([b["user_id"]])
+    base = stack.signal_url.replace("http://", "ws://") + "/v1/signal?access_token="
+    urls = [base + (bob.token or ""), base + (bob.token or ""), base + tablet["token"]]
+    async with (
+        open_websocket_url(urls[0]) as phone1,
+        open_websocket_url(urls[1]) as phone2,
+        open_websocket_url(urls[2]) as tab,
+    ):
+        for ws in (phone1, phone2, tab):
+            assert wire.decode(await ws.get_message()).kind == wire.Kind.HELLO
+        sent = await alice.send(conversation["id"], "to every screen")
+        for ws in (phone1, phone2, tab):
+            with trio.fail_after(5):
+                frame = wire.decode(await ws.get_message())
+            assert (frame.kind, frame.head, frame.ref) == (wire.Kind.NEW, 1, sent["id"])
