@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import PostgresTemplate, SqliteTemplate, pg_admin, unavailable
+from tests.support.services import REDIS_URL, PostgresTemplate, SqliteTemplate, pg_admin, unavailable
 
 BACKENDS = ("sqlite", "postgres")
 
@@ -50,6 +50,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         return sqlite_template.fresh_copy(tmp_path)
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL
 
 
 @pytest.fixture

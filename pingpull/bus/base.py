@@ -64,3 +64,59 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         """Call `receiver(frame)` for every frame published to `device_id` until cancelled."""
+
+
+class ReceiverRegistry:
+    """Receivers per device, shared by the bus implementations.
+
+    `on_first(device_id)` / `on_last(device_id)` fire when a device gains its first receiver or loses
+    its last one (the Redis bus subscribes and unsubscribes the device's channel there)."""
+
+    def __init__(
+        self,
+        on_first: Callable[[int], None] | None = None,
+        on_last: Callable[[int], None] | None = None,
+    ) -> None:
+        self._receivers: dict[int, list[Receiver]] = {}
+        self._on_first = on_first
+        self._on_last = on_last
+
+    def add(self, device_id: int, receiver: Receiver) -> Subscription:
+        receivers = self._receivers.get(device_id)
+        if receivers is None:
+            receivers = self._receivers[device_id] = []
+            if self._on_first is not None:
+                self._on_first(device_id)
+        receivers.append(receiver)
+        return _Registered(self, device_id, receiver)
+
+    def remove(self, device_id: int, receiver: Receiver) -> None:
+        receivers = self._receivers.get(device_id)
+        if receivers is None:
+            return
+        receivers.remove(receiver)
+        if not receivers:
+            del self._receivers[device_id]
+            if self._on_last is not None:
+                self._on_last(device_id)
+
+    def deliver(self, device_id: int, frame: bytes) -> int:
+        """Call every receiver of the device (a copy: one may cancel itself); returns how many."""
+        receivers = tuple(self._receivers.get(device_id, ()))
+        for receiver in receivers:
+            receiver(frame)
+        return len(receivers)
+
+
+class _Registered(Subscription):
+    __slots__ = ("_device_id", "_receiver", "_registry")
+
+    def __init__(self, registry: ReceiverRegistry, device_id: int, receiver: Receiver) -> None:
+        self._registry = registry
+        self._device_id = device_id
+        self._receiver: Receiver | None = receiver
+
+    def cancel(self) -> None:
+        if self._receiver is not None:
+            self._registry.remove(self._device_id, self._receiver)
+            self._receiver = None

@@ -27,7 +27,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pingpull.aio import AsyncioBridge
-from pingpull.bus.base import Bus, BusError, Publication, Receiver, Subscription
+from pingpull.bus.base import Bus, BusError, Publication, Receiver, ReceiverRegistry, Subscription
 from pingpull.bus.resp import RespSubscriber
 
 log = logging.getLogger("pingpull.bus")
@@ -63,20 +63,6 @@ return out
 """
 
 
-class _RedisSubscription(Subscription):
-    __slots__ = ("_bus", "_device_id", "_receiver")
-
-    def __init__(self, bus: RedisBus, device_id: int, receiver: Receiver) -> None:
-        self._bus = bus
-        self._device_id = device_id
-        self._receiver: Receiver | None = receiver
-
-    def cancel(self) -> None:
-        if self._receiver is not None:
-            self._bus._remove(self._device_id, self._receiver)
-            self._receiver = None
-
-
 class RedisBus(Bus):
     """Open it with `open_redis_bus`, which builds the redis.asyncio client on the bridge's loop."""
 
@@ -86,7 +72,10 @@ class RedisBus(Bus):
         self._script: Any = client.register_script(_PUBLISH_SCRIPT)
         self._prefix = prefix
         self._head_ttl_s = head_ttl_s
-        self._receivers: dict[int, list[Receiver]] = {}
+        self._registry = ReceiverRegistry(
+            on_first=lambda device_id: self.subscriber.subscribe(self._channel(device_id).encode()),
+            on_last=lambda device_id: self.subscriber.unsubscribe(self._channel(device_id).encode()),
+        )
         self._resync: Callable[[], None] | None = None
         self.subscriber = RespSubscriber(url, self._on_message, on_connected=self._on_connected)
 
@@ -133,25 +122,11 @@ class RedisBus(Bus):
     # --- subscribing (gateway side) ----------------------------------------------------------------
 
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
-        receivers = self._receivers.get(device_id)
-        if receivers is None:
-            receivers = self._receivers[device_id] = []
-            self.subscriber.subscribe(self._channel(device_id).encode())
-        receivers.append(receiver)
-        return _RedisSubscription(self, device_id, receiver)
+        return self._registry.add(device_id, receiver)
 
     def on_resync(self, handler: Callable[[], None]) -> None:
         """Called after the subscriber reconnected and resubscribed everything (not on first connect)."""
         self._resync = handler
-
-    def _remove(self, device_id: int, receiver: Receiver) -> None:
-        receivers = self._receivers.get(device_id)
-        if receivers is None:
-            return
-        receivers.remove(receiver)
-        if not receivers:
-            del self._receivers[device_id]
-            self.subscriber.unsubscribe(self._channel(device_id).encode())
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         try:
@@ -159,8 +134,7 @@ class RedisBus(Bus):
         except (IndexError, ValueError):
             log.warning("message on an unexpected channel %r", channel[:64])
             return
-        for receiver in tuple(self._receivers.get(device_id, ())):
-            receiver(data)
+        self._registry.deliver(device_id, data)
 
     def _on_connected(self, first_time: bool) -> None:
         if not first_time and self._resync is not None:

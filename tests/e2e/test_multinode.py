@@ -14,18 +14,6 @@ from trio_websocket import open_websocket_url
 
 from pingpull import wire
 from tests.support.process import pingpull_serve
-from tests.support.services import REDIS_URL, unavailable
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    return REDIS_URL
 
 
 def _run(*args: str) -> None:

@@ -17,19 +17,8 @@ from pingpull.bus.redis import RedisBus, open_redis_bus
 from pingpull.tokens import ensure_keys
 from tests.support.live import LiveContent, live_content, settings_for_test
 from tests.support.redis_server import RedisProcess
-from tests.support.services import REDIS_URL, SqliteTemplate, unavailable
+from tests.support.services import SqliteTemplate
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    return REDIS_URL
 
 
 @pytest.fixture
