@@ -191,10 +191,13 @@ async def _bump_heads(conn: AsyncConnection, user_ids: list[int]) -> dict[int, i
     """Add one to each user's inbox head; returns the new heads. Callers pass ids sorted."""
     if dialects.is_postgres(conn):
         # Row locks in id order: two senders to overlapping member sets queue instead of deadlocking.
+        # NO KEY UPDATE, not UPDATE: the foreign-key checks of concurrent inserts (a message's
+        # sender, inbox rows) hold KEY SHARE locks on these rows, which FOR UPDATE would wait on
+        # (and deadlock with, found by the overlapping-groups test); FOR NO KEY UPDATE does not.
         result = await conn.execute(
             text(
                 "UPDATE users SET inbox_head = inbox_head + 1 WHERE id IN "
-                "(SELECT id FROM users WHERE id = ANY(:ids) ORDER BY id FOR UPDATE) "
+                "(SELECT id FROM users WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE) "
                 "RETURNING id, inbox_head"
             ),
             {"ids": user_ids},

@@ -62,7 +62,7 @@ async def add_device(
     conn: AsyncConnection, user_id: int, device_name: str, max_devices: int, now_ms: int
 ) -> int:
     # Lock the user row so two concurrent links cannot both pass the limit.
-    await conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+    await conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update(key_share=True))
     count = (await conn.execute(select(func.count()).where(devices.c.user_id == user_id))).scalar_one()
     if count >= max_devices:
         raise TooManyDevices(f"an account may link at most {max_devices} devices")

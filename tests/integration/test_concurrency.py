@@ -93,7 +93,7 @@ async def test_overlapping_groups_under_concurrent_senders_do_not_deadlock(live:
         owner, _ = people[g]
         members = [ids[(g + k) % len(ids)] for k in range(1, 5)]
         groups.append(((await owner.create_conversation(members, title=f"g{g}"))["id"], g))
-    per_group = 6
+    per_group = 10
 
     async def chatter(conversation_id: int, owner_index: int) -> None:
         client, _ = people[owner_index]
