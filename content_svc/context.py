@@ -75,3 +75,5 @@ class ContentContext:
     metrics: ContentMetrics = field(default_factory=ContentMetrics)
     readiness: Readiness = field(default_factory=Readiness)
     clock_ms: Callable[[], int] = wall_clock_ms
+    # Called when pushes became due now (a recipient device nobody holds): wakes an in-process worker.
+    on_push_due: Callable[[], None] | None = None

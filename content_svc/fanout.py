@@ -46,3 +46,5 @@ async def announce(ctx: ContentContext, result: SendResult) -> None:
     ctx.metrics.signals_published.labels("no_receiver").inc(len(received) - reached)
     if unreached:
         await ctx.database.transaction(messaging.make_pushes_due, unreached, ctx.clock_ms())
+        if ctx.on_push_due is not None:
+            ctx.on_push_due()

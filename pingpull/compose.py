@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,14 @@ from pingpull.db.engine import Database, open_database
 from pingpull.errors import ConfigError
 from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import KeyRing, ensure_keys, load_keys
+from push_bridge.service import build_worker, run_push
+from push_bridge.worker import PushWorker
 from signal_svc.gateway import Gateway
 from signal_svc.service import run_signal
 
 log = logging.getLogger("pingpull")
 
 SERVICES = ("content", "signal", "push")
-# Services whose issue has not landed yet: serve says so instead of pretending to run them.
-NOT_YET_BUILT = {"push": "the push bridge (issue 5)"}
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,7 @@ async def serve(
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise ConfigError(f"unknown service(s): {', '.join(sorted(unknown))}")
-    runnable = [s for s in services if s not in NOT_YET_BUILT]
-    if not runnable:
-        raise ConfigError("none of " + ", ".join(services) + " is built yet")
-    for name in services:
-        if name in NOT_YET_BUILT:
-            logs.event(
-                log, "service_not_built", level=logging.WARNING, service=name, detail=NOT_YET_BUILT[name]
-            )
+    runnable = list(dict.fromkeys(services))
 
     shutdown = trio.Event()
     needs_database = any(name in runnable for name in ("content", "push"))
@@ -148,10 +142,18 @@ async def serve(
         context: ContentContext | None = None
         if "signal" in runnable and isinstance(kernel.bus, RedisBus):
             await background.start(kernel.bus.subscriber.run)
+        worker: PushWorker | None = None
+        if "push" in runnable:
+            assert kernel.database is not None
+            worker = push_worker(kernel)
         async with trio.open_nursery() as running:
             # Each service returns by itself once `shutdown` is set and it has drained.
+            if worker is not None:
+                await running.start(_until, shutdown, run_push, worker)
             if "content" in runnable:
                 context = content_context(kernel)
+                if worker is not None:
+                    context.on_push_due = worker.wake  # same process: wake it directly
                 urls["content"] = await running.start(run_content, context, shutdown)
             if "signal" in runnable:
                 urls["signal"] = await running.start(run_signal, gateway(kernel), shutdown)
@@ -160,6 +162,27 @@ async def serve(
             logs.event(log, "ready", **fields)
             task_status.started(urls)
         background.cancel_scope.cancel()
+
+
+def push_worker(kernel: Kernel) -> PushWorker:
+    assert kernel.database is not None
+    if kernel.settings.push.provider != "log":
+        raise ConfigError("push.provider = live needs the APNs/FCM providers, which are not wired yet")
+    return build_worker(kernel.settings.push, kernel.database)
+
+
+async def _until(
+    shutdown: trio.Event,
+    run: Callable[..., Awaitable[None]],
+    *args: object,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a service that has no drain of its own until `shutdown` is set, then cancel it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run, *args))
+        task_status.started()
+        await shutdown.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def _stop_on_signal(shutdown: trio.Event, context: ContentContext | None) -> None:

@@ -29,7 +29,7 @@ NON_SETTING_ENV_PREFIXES = ("PINGPULL_TEST_",)
 _T = typing.TypeVar("_T")
 
 LogFormat = Literal["text", "json"]
-PushProvider = Literal["log", "apns", "fcm"]
+PushProvider = Literal["log", "live"]
 Registration = Literal["auto", "open", "closed"]
 
 
@@ -178,16 +178,41 @@ class SignalSettings:
 
 @dataclass(frozen=True, slots=True)
 class PushSettings:
-    """The push bridge: which provider wakes offline apps."""
+    """The push bridge: how offline apps are woken."""
 
+    # "log": every push is a JSON line in the log (the embedded default); "live": APNs and FCM.
     provider: PushProvider = "log"
     poll_interval_s: float = 2.0
     repush_after_s: float = 600.0
+    batch_size: int = 100
+    concurrency: int = 64
+    claim_ttl_s: float = 120.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+    max_attempts: int = 12
+    visible_alert: bool = False
+    expiry_s: int = 3600
+    apns_key_file: str = ""
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = ""
+    # host:port overrides (proxies, staging, tests); empty means Apple's production/sandbox hosts.
+    apns_production_host: str = ""
+    apns_sandbox_host: str = ""
+    fcm_service_account_file: str = ""
+    fcm_project_id: str = ""
+    fcm_endpoint_base: str = ""
 
     def __post_init__(self) -> None:
-        _require(self.provider in ("log", "apns", "fcm"), "push.provider must be log, apns or fcm")
+        _require(self.provider in ("log", "live"), "push.provider must be log or live")
         _require(0.05 <= self.poll_interval_s <= 300, "push.poll_interval_s must be within 0.05..300")
         _require(0 <= self.repush_after_s <= 7 * 24 * 3600, "push.repush_after_s out of range")
+        _require(1 <= self.batch_size <= 10_000, "push.batch_size within 1..10000")
+        _require(1 <= self.concurrency <= 10_000, "push.concurrency within 1..10000")
+        _require(5 <= self.claim_ttl_s <= 3600, "push.claim_ttl_s within 5..3600")
+        _require(0 < self.retry_initial_s <= self.retry_max_s <= 86_400, "push retry delays")
+        _require(1 <= self.max_attempts <= 1000, "push.max_attempts within 1..1000")
+        _require(0 <= self.expiry_s <= 28 * 24 * 3600, "push.expiry_s within 0..28 days")
 
 
 @dataclass(frozen=True, slots=True)

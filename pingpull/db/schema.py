@@ -61,6 +61,9 @@ devices = Table(
     Column("push_token", String(4096), nullable=True),
     Column("push_environment", String(16), nullable=True),
     Column("push_registered_at_ms", BigInteger, nullable=True),
+    # The last wake-up sent to this device: it is not woken again until it acks or repush_after_s.
+    Column("last_push_at_ms", BigInteger, nullable=True),
+    Column("last_push_seq", BigInteger, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     CheckConstraint("push_provider IS NULL OR push_provider IN ('apns', 'fcm')", name="push_provider_known"),
     Index(None, "user_id"),
@@ -136,8 +139,10 @@ push_jobs = Table(
     Column("seq", BigInteger, nullable=False),
     Column("not_before_ms", BigInteger, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
-    # A worker's claim; expires so that a killed worker's jobs are picked up again.
+    # A worker's claim; expires so that a killed worker's jobs are picked up again. Only the holder
+    # of `claim_id` may finish the job.
     Column("claimed_until_ms", BigInteger, nullable=True),
+    Column("claim_id", String(32), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Index(None, "not_before_ms"),
 )

@@ -1,0 +1,1 @@
+"""Push providers: APNs (aioapns), FCM HTTP v1 (pyfcm) and the log provider, behind one interface."""

@@ -1,0 +1,55 @@
+"""What every push provider does: take one content-free wake-up, report one outcome.
+
+The worker never sees a provider's exceptions: each provider translates its library's answers and
+failures into a `PushOutcome` at this boundary, so the policy that decides what happens next (done,
+drop the token, retry when) is pure and shared.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"  # the provider accepted it; the job is done
+    TOKEN_DEAD = "token_dead"  # unregistered / bad token: remove the token, the job ends
+    RETRY = "retry"  # 429, 5xx, timeouts, connection failures: try again later
+    REJECTED = "rejected"  # a permanent refusal that is not about the token (payload, auth): the job ends
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """One wake-up for one device, already rendered for its provider by push_bridge.payloads."""
+
+    device_id: int
+    provider: str  # "apns" | "fcm" | "log"
+    token: str
+    environment: str  # "production" | "sandbox" (APNs)
+    seq: int
+    # Provider-specific, pure-data rendering (APNs: headers + JSON payload; FCM: the v1 message).
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    outcome: Outcome
+    # Provider's reason string ("Unregistered", "UNREGISTERED", "TooManyRequests", ...), for metrics/logs.
+    reason: str = ""
+    # Honoured for RETRY when the provider said when (Retry-After), else the worker's backoff decides.
+    retry_after_s: float | None = None
+    status: int | None = None
+
+
+class PushProvider(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def send(self, request: PushRequest) -> PushOutcome:
+        """Send one push; never raises for provider answers or network failures (only cancellation)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - providers without resources need not override
+        """Release connections and threads."""
