@@ -1,0 +1,128 @@
+"""The push policy and payloads: pure functions, every rule pinned down."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from push_bridge import payloads
+from push_bridge.policy import JobView, Next, RetryPolicy, Verdict, after_send, decide
+from push_bridge.providers.base import Outcome, PushOutcome
+
+REPUSH_MS = 600_000
+
+
+def job(**overrides: object) -> JobView:
+    values: dict[str, object] = {
+        "device_id": 1,
+        "seq": 5,
+        "attempts": 0,
+        "has_token": True,
+        "acked_seq": 0,
+        "last_push_at_ms": None,
+        "last_push_seq": None,
+    }
+    values.update(overrides)
+    return JobView(**values)  # type: ignore[arg-type]
+
+
+def test_no_token_drops() -> None:
+    assert decide(job(has_token=False), 0, REPUSH_MS).verdict is Verdict.DROP_NO_TOKEN
+
+
+@pytest.mark.parametrize("acked", [5, 6])
+def test_acked_job_drops(acked: int) -> None:
+    assert decide(job(acked_seq=acked), 0, REPUSH_MS).verdict is Verdict.DROP_ACKED
+
+
+def test_first_push_goes() -> None:
+    assert decide(job(), 0, REPUSH_MS).verdict is Verdict.PUSH
+
+
+def test_pushed_and_not_acked_since_defers_until_repush_time() -> None:
+    pushed = job(last_push_at_ms=1_000, last_push_seq=3, acked_seq=2)
+    decision = decide(pushed, 1_000 + REPUSH_MS - 1, REPUSH_MS)
+    assert decision.verdict is Verdict.DEFER
+    assert decision.not_before_ms == 1_000 + REPUSH_MS
+    assert decide(pushed, 1_000 + REPUSH_MS, REPUSH_MS).verdict is Verdict.PUSH
+
+
+def test_acked_since_the_last_push_may_push_again_at_once() -> None:
+    assert (
+        decide(job(last_push_at_ms=1_000, last_push_seq=3, acked_seq=3), 1_001, REPUSH_MS).verdict
+        is Verdict.PUSH
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (Outcome.DELIVERED, Next.DONE),
+        (Outcome.REJECTED, Next.DONE),
+        (Outcome.TOKEN_DEAD, Next.REMOVE_TOKEN),
+        (Outcome.RETRY, Next.RETRY),
+    ],
+)
+def test_outcomes(outcome: Outcome, expected: Next) -> None:
+    assert after_send(PushOutcome(outcome), 1, 0, RetryPolicy(), random.Random(1)).next is expected
+
+
+def test_retry_gives_up_after_max_attempts() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert after_send(PushOutcome(Outcome.RETRY), 3, 0, policy, random.Random(1)).next is Next.GIVE_UP
+
+
+@given(
+    attempts=st.integers(min_value=1, max_value=40),
+    retry_after=st.none() | st.floats(min_value=0, max_value=3600),
+)
+def test_retry_delay_is_capped_jittered_and_never_before_retry_after(
+    attempts: int, retry_after: float | None
+) -> None:
+    policy = RetryPolicy(initial_s=1, cap_s=300, max_attempts=1000)
+    followup = after_send(
+        PushOutcome(Outcome.RETRY, retry_after_s=retry_after),
+        attempts,
+        10_000,
+        policy,
+        random.Random(attempts),
+    )
+    assert followup.not_before_ms is not None
+    delay_s = (followup.not_before_ms - 10_000) / 1000
+    assert 0 <= delay_s <= max(300, retry_after or 0) + 0.001
+    if retry_after is not None:
+        assert delay_s >= retry_after - 0.001
+
+
+def test_background_apns_payload_is_content_free() -> None:
+    request = payloads.apns_request(
+        7, "tok", "sandbox", 42, 1_000, payloads.PayloadOptions(apns_topic="app.x")
+    )
+    assert request.headers == {
+        "apns-topic": "app.x",
+        "apns-collapse-id": "inbox",
+        "apns-expiration": str(1_000 + payloads.DEFAULT_EXPIRY_S),
+        "apns-push-type": "background",
+        "apns-priority": "5",
+    }
+    assert request.body == {"aps": {"content-available": 1}, "pp": {"head": 42}}
+    assert request.environment == "sandbox"
+
+
+def test_visible_apns_alert_carries_no_text() -> None:
+    request = payloads.apns_request(
+        7, "tok", "production", 42, 0, payloads.PayloadOptions(visible_alert=True)
+    )
+    assert request.headers["apns-push-type"] == "alert" and request.headers["apns-priority"] == "10"
+    assert request.body["aps"] == {"alert": {"loc-key": "NEW_MESSAGE"}, "sound": "default"}
+
+
+def test_fcm_message_is_a_collapsible_data_message() -> None:
+    request = payloads.fcm_request(7, "tok", 42, payloads.PayloadOptions())
+    assert request.body == {
+        "data": {"pp_head": "42"},
+        "android": {"collapse_key": "inbox", "ttl": f"{payloads.DEFAULT_EXPIRY_S}s", "priority": "high"},
+    }
