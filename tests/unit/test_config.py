@@ -96,7 +96,7 @@ def test_env_maps_section_and_top_level_keys() -> None:
             "PINGPULL_DATABASE_POOL_SIZE": "3",
             "PINGPULL_DATABASE_ECHO": "yes",
             "PINGPULL_TOKENS_ISSUER": "me",
-            "PINGPULL_PUSH_PROVIDER": "fcm",
+            "PINGPULL_PUSH_PROVIDER": "live",
         }
     )
     assert settings.host == "0.0.0.0"
@@ -110,7 +110,7 @@ def test_env_maps_section_and_top_level_keys() -> None:
     assert settings.database.pool_size == 3
     assert settings.database.echo is True
     assert settings.tokens.issuer == "me"
-    assert settings.push.provider == "fcm"
+    assert settings.push.provider == "live"
     # Untouched keys keep their defaults.
     assert settings.content.host == "127.0.0.1"
     assert settings.signal.port == 8081
@@ -188,7 +188,7 @@ url = "postgresql+asyncpg://u@h/db"
 echo = true
 
 [push]
-provider = "apns"
+provider = "live"
 """,
     )
     settings = load_settings(env={}, config_file=path)
@@ -204,7 +204,7 @@ provider = "apns"
     assert isinstance(settings.signal.ping_timeout_s, float)
     assert settings.database.url == "postgresql+asyncpg://u@h/db"
     assert settings.database.echo is True
-    assert settings.push.provider == "apns"
+    assert settings.push.provider == "live"
     assert settings.content.max_page_items == 200  # default kept
 
 
@@ -404,7 +404,7 @@ def test_str_rejects_non_strings(value: object) -> None:
     assert str(excinfo.value) == f"host must be a string, not {value!r}"
 
 
-@pytest.mark.parametrize(("key", "value"), [("push.provider", "apns"), ("content.registration", "open")])
+@pytest.mark.parametrize(("key", "value"), [("push.provider", "live"), ("content.registration", "open")])
 def test_literal_choices_accepted(key: str, value: str) -> None:
     section, name = key.split(".")
     settings = build_settings({section: {name: value}})
@@ -416,8 +416,8 @@ def test_literal_choices_accepted(key: str, value: str) -> None:
     [
         ("PINGPULL_LOG_FORMAT", "xml", "log_format must be one of text, json, not 'xml'"),
         ("PINGPULL_LOG_FORMAT", "JSON", "log_format must be one of text, json, not 'JSON'"),
-        ("PINGPULL_PUSH_PROVIDER", "APNS", "push.provider must be one of log, apns, fcm, not 'APNS'"),
-        ("PINGPULL_PUSH_PROVIDER", "", "push.provider must be one of log, apns, fcm, not ''"),
+        ("PINGPULL_PUSH_PROVIDER", "APNS", "push.provider must be one of log, live, not 'APNS'"),
+        ("PINGPULL_PUSH_PROVIDER", "", "push.provider must be one of log, live, not ''"),
         (
             "PINGPULL_CONTENT_REGISTRATION",
             "invite",
@@ -531,7 +531,7 @@ def test_boundary_values_are_accepted(data: dict[str, object]) -> None:
 def test_section_dataclasses_validate_on_direct_construction() -> None:
     with pytest.raises(ConfigError, match=r"^content\.port must be within 0\.\.65535$"):
         ContentSettings(port=99999)
-    with pytest.raises(ConfigError, match=r"^push\.provider must be log, apns or fcm$"):
+    with pytest.raises(ConfigError, match=r"^push\.provider must be log or live$"):
         PushSettings(provider="sms")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^signal\.max_connections must be positive$"):
         SignalSettings(max_connections=0)
