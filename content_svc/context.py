@@ -75,5 +75,7 @@ class ContentContext:
     metrics: ContentMetrics = field(default_factory=ContentMetrics)
     readiness: Readiness = field(default_factory=Readiness)
     clock_ms: Callable[[], int] = wall_clock_ms
+    # Other services' registries in this process, rendered by this service's /metrics too.
+    extra_registries: list[CollectorRegistry] = field(default_factory=list)
     # Called when pushes became due now (a recipient device nobody holds): wakes an in-process worker.
     on_push_due: Callable[[], None] | None = None

@@ -29,6 +29,7 @@ from pingpull.config import Settings
 from pingpull.db import migrate
 from pingpull.db.engine import Database, open_database
 from pingpull.errors import ConfigError
+from pingpull.metrics import serve_metrics
 from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import KeyRing, ensure_keys, load_keys
 from push_bridge.service import build_worker, run_push
@@ -154,7 +155,19 @@ async def serve(
                 context = content_context(kernel)
                 if worker is not None:
                     context.on_push_due = worker.wake  # same process: wake it directly
+                    context.extra_registries.append(worker.metrics.registry)
                 urls["content"] = await running.start(run_content, context, shutdown)
+            elif worker is not None:
+                urls["push_metrics"] = [
+                    await running.start(
+                        _until,
+                        shutdown,
+                        serve_metrics,
+                        [worker.metrics.registry],
+                        settings.host,
+                        settings.push.metrics_port,
+                    )
+                ]
             if "signal" in runnable:
                 urls["signal"] = await running.start(run_signal, gateway(kernel), shutdown)
             background.start_soon(_stop_on_signal, shutdown, context)
@@ -175,12 +188,11 @@ async def _until(
     shutdown: trio.Event,
     run: Callable[..., Awaitable[None]],
     *args: object,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a service that has no drain of its own until `shutdown` is set, then cancel it."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(run, *args))
-        task_status.started()
+        task_status.started(await nursery.start(partial(run, *args)))
         await shutdown.wait()
         nursery.cancel_scope.cancel()
 

@@ -182,6 +182,9 @@ class PushSettings:
 
     # "log": every push is a JSON line in the log (the embedded default); "live": APNs and FCM.
     provider: PushProvider = "log"
+    # Where a stand-alone push bridge serves /metrics (0: a free port; in one process with the
+    # content service its metrics are on the content service's /metrics instead).
+    metrics_port: int = 8082
     poll_interval_s: float = 2.0
     repush_after_s: float = 600.0
     batch_size: int = 100
@@ -205,6 +208,7 @@ class PushSettings:
 
     def __post_init__(self) -> None:
         _require(self.provider in ("log", "live"), "push.provider must be log or live")
+        _require(0 <= self.metrics_port <= 65535, "push.metrics_port must be within 0..65535")
         _require(0.05 <= self.poll_interval_s <= 300, "push.poll_interval_s must be within 0.05..300")
         _require(0 <= self.repush_after_s <= 7 * 24 * 3600, "push.repush_after_s out of range")
         _require(1 <= self.batch_size <= 10_000, "push.batch_size within 1..10000")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 from quart_schema import hide
 from sqlalchemy import text
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.app import context
 from content_svc.errors import Unavailable
+from pingpull.metrics import render
 
 blueprint = Blueprint("ops", __name__)
 
@@ -50,4 +51,6 @@ async def _ping(conn: AsyncConnection) -> None:
 @blueprint.get("/metrics")
 @hide
 async def metrics() -> Response:
-    return Response(generate_latest(context().metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    ctx = context()
+    body = render([ctx.metrics.registry, *ctx.extra_registries])
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -58,3 +58,17 @@ def test_offline_device_gets_one_logged_push_for_a_burst(tmp_path: Path) -> None
         assert pushes[0]["provider"] == "fcm"
         assert int(str(pushes[0]["seq"])) >= 1
         assert "burst" not in json.dumps(pushes)  # content-free
+
+
+@pytest.mark.e2e
+def test_push_metrics_are_scraped_with_the_content_service_or_alone(tmp_path: Path) -> None:
+    with pingpull_serve(tmp_path / "all") as server:
+        metrics = httpx.get(f"{server.content_url}/metrics").text
+        assert "pingpull_push_decisions" in metrics
+        assert "pingpull_content_requests" in metrics
+    env = {"PINGPULL_PUSH_METRICS_PORT": "0"}
+    with pingpull_serve(tmp_path / "push", "push", env=env) as alone:
+        url = alone.urls["push_metrics"]
+        assert url.endswith("/metrics")
+        assert "pingpull_push_outcomes" in httpx.get(url).text
+        assert httpx.get(url.replace("/metrics", "/healthz")).status_code == 200
