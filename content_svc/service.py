@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -11,6 +12,7 @@ from hypercorn.trio import serve
 from content_svc.app import create_app
 from content_svc.context import ContentContext
 from pingpull import logs
+from pingpull.tls import TlsFiles
 
 log = logging.getLogger("pingpull.content")
 
@@ -19,10 +21,18 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def hypercorn_config(ctx: ContentContext) -> HypercornConfig:
+def hypercorn_config(ctx: ContentContext, tls: TlsFiles | None = None) -> HypercornConfig:
     settings = ctx.settings
     config = HypercornConfig()
-    config.bind = [bind_address(settings.host, settings.port)]
+    port = settings.port
+    if tls is not None:
+        tls.server_context(["h2", "http/1.1"])  # fail at start on a bad cert/key, not at the first handshake
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        # HTTP/3 on the same port number over UDP; hypercorn advertises it with Alt-Svc. Port 0 would
+        # give TCP and UDP different numbers, so pick one that is free for both.
+        port = port or _free_tcp_and_udp_port(settings.host)
+        config.quic_bind = [bind_address(settings.host, port)]
+    config.bind = [bind_address(settings.host, port)]
     config.accesslog = None  # our request log replaces it (and never prints query strings)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.shutdown_timeout_s
@@ -32,16 +42,33 @@ def hypercorn_config(ctx: ContentContext) -> HypercornConfig:
     return config
 
 
+def _free_tcp_and_udp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no port free for both TCP and UDP")
+
+
 async def run_content(
     ctx: ContentContext,
     shutdown: trio.Event,
+    tls: TlsFiles | None = None,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set; reports the bound URLs (port 0 picks a free one) when listening."""
     app = create_app(ctx)
+    config = hypercorn_config(ctx, tls)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(_serve, app, hypercorn_config(ctx), shutdown)
+        binds: list[str] = await nursery.start(_serve, app, config, shutdown)
         logs.event(log, "content_listening", urls=",".join(binds))
         task_status.started(binds)
 

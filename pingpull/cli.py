@@ -130,9 +130,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PingpullError as exc:
         print(f"pingpull: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # raised from inside a service's nursery
+        matched, rest = group.split(PingpullError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            print(f"pingpull: {leaf}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _chat(args: argparse.Namespace) -> int:

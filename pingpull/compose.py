@@ -52,7 +52,10 @@ class Kernel:
 
 
 def prepare(settings: Settings) -> None:
-    """Synchronous start-up work, run before trio: data dir, migrations where they are automatic."""
+    """Synchronous start-up work, run before trio: checks, data dir, migrations where automatic."""
+    tls = settings.tls_files
+    if tls is not None:
+        tls.server_context(["h2", "http/1.1"])  # a bad certificate or key stops us here, clearly
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     if settings.is_embedded or settings.database.migrate_on_start:
         migrate.upgrade(settings.effective_database_url)
@@ -114,10 +117,12 @@ def content_context(kernel: Kernel) -> ContentContext:
 
 def gateway(kernel: Kernel) -> Gateway:
     tokens = kernel.settings.tokens
+    tls = kernel.settings.tls_files
     return Gateway(
         settings=kernel.settings.signal,
         bus=kernel.bus,
         verifier=kernel.keys.verifier(issuer=tokens.issuer, leeway_s=tokens.clock_leeway_s),
+        tls=tls.server_context(["http/1.1"]) if tls is not None else None,
     )
 
 
@@ -156,7 +161,7 @@ async def serve(
                 if worker is not None:
                     context.on_push_due = worker.wake  # same process: wake it directly
                     context.extra_registries.append(worker.metrics.registry)
-                urls["content"] = await running.start(run_content, context, shutdown)
+                urls["content"] = await running.start(run_content, context, shutdown, settings.tls_files)
             elif worker is not None:
                 urls["push_metrics"] = [
                     await running.start(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pingpull.errors import ConfigError
+from pingpull.tls import TlsFiles
 
 ENV_PREFIX = "PINGPULL_"
 # Variables in the PINGPULL_ namespace that are not settings (they steer the loader or the tests).
@@ -227,6 +228,9 @@ class Settings:
     data_dir: str = "./pingpull-data"
     database_url: str = ""
     redis_url: str = ""
+    # TLS for every service's port (content: h2 + HTTP/3 on the same port number; gateway: wss://).
+    tls_cert: str = ""
+    tls_key: str = ""
     # Namespace of keys and pub/sub channels, so deployments can share a Redis (channels are global).
     redis_prefix: str = "pp"
     log_format: LogFormat = "text"
@@ -250,6 +254,7 @@ class Settings:
             "redis_prefix must be letters, digits, '-' and '_'",
         )
         _require(not self.redis_url or self.redis_url.startswith("redis://"), "redis_url must be redis://...")
+        _require(bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together")
 
     # --- derived values -------------------------------------------------------------------------
 
@@ -266,6 +271,10 @@ class Settings:
     def is_embedded(self) -> bool:
         """True when running on the embedded defaults (SQLite, in-process bus)."""
         return self.effective_database_url.startswith("sqlite") and not self.redis_url
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        return TlsFiles(Path(self.tls_cert), Path(self.tls_key)) if self.tls_cert else None
 
     @property
     def keys_dir(self) -> Path:

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import trio
@@ -27,7 +28,7 @@ from signal_svc import http
 from signal_svc.errors import ConnectionGone, HttpRefusal
 from signal_svc.http import Route, SignalRequest
 from signal_svc.hub import Hub
-from signal_svc.link import Link, linger
+from signal_svc.link import WOULD_BLOCK, Link, linger, tls_buffered, tls_handshake
 from signal_svc.poll import serve_poll
 from signal_svc.sse import serve_sse
 from signal_svc.ws import serve_websocket
@@ -87,6 +88,8 @@ class Gateway:
     _all_closed: trio.Event = field(init=False, default_factory=trio.Event)
     # Where background work (resyncs) runs; set by run_signal.
     nursery: trio.Nursery | None = None
+    # Serve wss:// (and https:// for SSE and polling) when set.
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(
@@ -153,9 +156,15 @@ class Gateway:
     async def handle(self, sock: socket.socket) -> None:
         self.open_connections += 1
         try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                with trio.move_on_after(self.settings.handshake_timeout_s) as handshake:
+                    await tls_handshake(sock)
+                if handshake.cancelled_caught:
+                    return
             await self._serve_requests(sock)
-        except ConnectionGone:
-            pass
+        except (ConnectionGone, ssl.SSLError):
+            pass  # a TLS failure (no shared protocol, bad record, reset mid-handshake) ends only this one
         except HttpRefusal as refusal:
             self.metrics.refused.labels(str(refusal.status)).inc()
             _try_send(sock, http.problem_bytes(refusal))
@@ -203,10 +212,11 @@ class Gateway:
         with trio.move_on_after(self.settings.handshake_timeout_s):
             request = parser.feed(leftover)
             while request is None:
-                await trio.lowlevel.wait_readable(sock)
+                if not tls_buffered(sock):
+                    await trio.lowlevel.wait_readable(sock)
                 try:
                     data = sock.recv(self.settings.max_head_bytes)
-                except BlockingIOError:
+                except WOULD_BLOCK:
                     continue
                 except OSError as exc:
                     raise ConnectionGone(str(exc)) from exc

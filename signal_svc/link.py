@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import socket
+import ssl
 import time
 
 import trio
@@ -25,6 +26,9 @@ from signal_svc.delivery import Delivery
 from signal_svc.errors import ConnectionGone
 
 _RECV_BYTES = 4096
+# "Try again later" from a plain non-blocking socket, or from a TLS one (wss://), whose would-block
+# errors are ssl.SSLError subclasses rather than BlockingIOError.
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Link(abc.ABC):
@@ -68,7 +72,7 @@ class Link(abc.ABC):
             return
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             sent = 0
         except OSError:
             self.close_soon("connection lost")
@@ -101,7 +105,8 @@ class Link(abc.ABC):
                     await trio.lowlevel.wait_writable(self.sock)
                     self._flush()
                     return None
-                await trio.lowlevel.wait_readable(self.sock)
+                if not tls_buffered(self.sock):
+                    await trio.lowlevel.wait_readable(self.sock)
             finally:
                 self.waker = None
         if scope.cancelled_caught:
@@ -111,7 +116,7 @@ class Link(abc.ABC):
     def recv(self) -> bytes | None:
         try:
             data = self.sock.recv(_RECV_BYTES)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             return None  # a spurious wake-up: nothing to read yet
         except OSError as exc:
             raise ConnectionGone(f"receive failed: {exc}") from exc
@@ -123,7 +128,7 @@ class Link(abc.ABC):
         assert self.pending is not None
         try:
             sent = self.sock.send(self.pending)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             return
         except OSError as exc:
             raise ConnectionGone(f"send failed: {exc}") from exc
@@ -136,7 +141,7 @@ class Link(abc.ABC):
         if self.pending is None:
             try:
                 sent = self.sock.send(data)
-            except BlockingIOError:
+            except WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 raise ConnectionGone(f"send failed: {exc}") from exc
@@ -165,7 +170,24 @@ async def linger(sock: socket.socket, seconds: float = 0.5) -> None:
             try:
                 if not sock.recv(65536):
                     return
-            except BlockingIOError:
+            except WOULD_BLOCK:
                 continue
             except OSError:
                 return
+
+
+def tls_buffered(sock: socket.socket) -> bool:
+    """A TLS socket may hold decrypted bytes that the kernel no longer reports as readable."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+async def tls_handshake(sock: ssl.SSLSocket) -> None:
+    """Drive a non-blocking server-side TLS handshake to completion (the caller bounds its time)."""
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            await trio.lowlevel.wait_readable(sock)
+        except ssl.SSLWantWriteError:
+            await trio.lowlevel.wait_writable(sock)

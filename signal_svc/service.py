@@ -31,9 +31,10 @@ def open_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
-def listener_url(listener: socket.socket) -> str:
+def listener_url(listener: socket.socket, *, tls: bool = False) -> str:
     host, port = listener.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def run_signal(
@@ -43,7 +44,7 @@ async def run_signal(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     listener = open_listener(gateway.settings.host, gateway.settings.port)
-    url = listener_url(listener)
+    url = listener_url(listener, tls=gateway.tls is not None)
     async with trio.open_nursery() as connections:
         gateway.nursery = connections
         async with trio.open_nursery() as accepting:

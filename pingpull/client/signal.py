@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,8 @@ class DeviceSync:
     transports: Sequence[str] = TRANSPORTS
     poll_timeout_s: int = 25
     backoff: Backoff = field(default_factory=Backoff)
+    # For wss:// / https:// gateways whose certificate the system does not trust (a private CA).
+    ssl_context: ssl.SSLContext | None = None
     # Observability for apps and tests: which transport is live, and every frame kind seen.
     transport: str | None = None
     connected: trio.Event = field(default_factory=trio.Event)
@@ -119,6 +122,9 @@ class DeviceSync:
             # The server's inbox is behind our cursor (a restored database): follow the server.
             self.cursor = new_head
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        return self.ssl_context if self.ssl_context is not None else True
+
     def _ready(self, transport: str) -> None:
         self.transport = transport
         self.backoff.reset()
@@ -140,7 +146,10 @@ class DeviceSync:
         url = self.signal_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/signal"
         try:
             async with open_websocket_url(
-                url, extra_headers=[(b"Authorization", f"Bearer {self.token}".encode())], connect_timeout=10
+                url,
+                extra_headers=[(b"Authorization", f"Bearer {self.token}".encode())],
+                connect_timeout=10,
+                ssl_context=self.ssl_context,
             ) as ws:
                 while True:
                     message = await ws.get_message()
@@ -170,7 +179,9 @@ class DeviceSync:
         if self.cursor:
             headers["Last-Event-ID"] = str(self.cursor)
         async with (
-            httpx.AsyncClient(base_url=self.signal_url, timeout=httpx.Timeout(10, read=None)) as http,
+            httpx.AsyncClient(
+                base_url=self.signal_url, timeout=httpx.Timeout(10, read=None), verify=self._verify()
+            ) as http,
             http.stream("GET", "/v1/signal/sse", headers=headers) as response,
         ):
             if response.status_code == 503:
@@ -210,7 +221,9 @@ class DeviceSync:
     async def _poll(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = httpx.Timeout(10, read=self.poll_timeout_s + 10)
-        async with httpx.AsyncClient(base_url=self.signal_url, timeout=timeout, headers=headers) as http:
+        async with httpx.AsyncClient(
+            base_url=self.signal_url, timeout=timeout, headers=headers, verify=self._verify()
+        ) as http:
             self._ready("poll")
             await self.sync()  # no HELLO on this transport: start from the cursor
             while True:
