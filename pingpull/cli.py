@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--signal-port", type=int, help="0 picks a free port (env PINGPULL_SIGNAL_PORT, 8081)")
     serve.add_argument("--redis-url", help="Redis for the signal bus across nodes (env PINGPULL_REDIS_URL)")
+    serve.add_argument(
+        "--tls-cert", help="PEM certificate chain: https, h2, HTTP/3, wss (env PINGPULL_TLS_CERT)"
+    )
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert (env PINGPULL_TLS_KEY)")
+    serve.add_argument(
+        "--dev-tls",
+        action="store_true",
+        help="make a local CA and certificate under the data dir and serve TLS",
+    )
 
     migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
     _settings_flags(migrate_cmd)
@@ -90,6 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("redis_url", "redis_url"),
         ("keys_dir", "tokens.keys_dir"),
         ("content_port", "content.port"),
+        ("tls_cert", "tls_cert"),
+        ("tls_key", "tls_key"),
         ("signal_port", "signal.port"),
     ):
         value = getattr(args, flag, None)
@@ -111,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         logs.configure(settings.log_format, settings.log_level)
         if args.command == "serve":
+            if args.dev_tls:
+                settings = _dev_tls(settings)
             compose.prepare(settings)
             trio.run(compose.serve, settings, args.services or compose.SERVICES)
         elif args.command == "migrate":
@@ -140,6 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _dev_tls(settings: Settings) -> Settings:
+    from pingpull.tls import dev_tls
+
+    files, ca = dev_tls(Path(settings.data_dir) / "dev-tls", ["localhost", "127.0.0.1", "::1"])
+    print(
+        f"pingpull: serving TLS with a development certificate signed by {ca}\n"
+        f"  curl:   curl --cacert {ca} https://localhost:{settings.content.port}/healthz\n"
+        f"  python: ssl.create_default_context(cafile={str(ca)!r})\n"
+        f"  system: copy {ca} into /usr/local/share/ca-certificates/pingpull-dev.crt; update-ca-certificates",
+        file=sys.stderr,
+    )
+    return settings.replace(tls_cert=str(files.cert), tls_key=str(files.key))
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

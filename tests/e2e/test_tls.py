@@ -123,3 +123,22 @@ def test_bad_tls_configuration_fails_at_start(tmp_path: Path, certs: dict[str, P
     )
     assert result.returncode == 2, result.stderr
     assert "TLS" in result.stderr or "tls_" in result.stderr
+
+
+@pytest.mark.e2e
+def test_dev_tls_makes_a_ca_and_serves_with_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with pingpull_serve(data, "--dev-tls") as server:
+        ca = data / "dev-tls" / "ca.pem"
+        assert ca.is_file()
+        url = server.content_url.replace("127.0.0.1", "localhost")
+        result = subprocess.run(
+            ["curl", "-sf", "--http2", "--cacert", str(ca), "-w", " %{http_version}", f"{url}/healthz"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.endswith(" 2")
+        assert f"--cacert {ca}" in server.log()
