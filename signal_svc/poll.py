@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pingpull import wire
+from pingpull.config import SignalSettings
 from signal_svc import http
 from signal_svc.delivery import Delivery
 from signal_svc.errors import ConnectionGone, HttpRefusal
@@ -65,19 +66,17 @@ def head_answer(head: int) -> bytes:
     )
 
 
+def poll_params(request: SignalRequest, settings: SignalSettings) -> tuple[int, int]:
+    """`after` (required) and `timeout` in seconds (at most poll_max_timeout_s)."""
+    after = http.int_param(request, "after", default=None, low=0, high=wire.UNKNOWN_HEAD - 1)
+    limit = int(settings.poll_max_timeout_s)
+    return after, http.int_param(request, "timeout", default=limit, low=0, high=limit)
+
+
 async def serve_poll(
-    gateway: Gateway, sock: socket.socket, request: SignalRequest, user_id: int, device_id: int
+    gateway: Gateway, sock: socket.socket, after: int, timeout_s: int, user_id: int, device_id: int
 ) -> bool:
     """Answer one hanging GET; returns whether the connection may carry another request."""
-    settings = gateway.settings
-    after = http.int_param(request, "after", default=None, low=0, high=wire.UNKNOWN_HEAD - 1)
-    timeout_s = http.int_param(
-        request,
-        "timeout",
-        default=int(settings.poll_max_timeout_s),
-        low=0,
-        high=int(settings.poll_max_timeout_s),
-    )
     link = PollLink(sock, user_id, device_id, after)
     head = await gateway.attach_and_read_head(link)
     held, link.pending = link.pending, None

@@ -53,10 +53,8 @@ def last_event_id(request: SignalRequest) -> int | None:
     return int(text)
 
 
-async def serve_sse(
-    gateway: Gateway, sock: socket.socket, request: SignalRequest, user_id: int, device_id: int
-) -> None:
-    last_event_id(request)  # validated before anything is sent; the hello below answers it either way
+async def serve_sse(gateway: Gateway, sock: socket.socket, user_id: int, device_id: int) -> None:
+    """The hello opening the stream carries the current head, which answers any Last-Event-ID."""
     link = SseLink(sock, user_id, device_id)
     settings = gateway.settings
     head = await gateway.attach_and_read_head(link)

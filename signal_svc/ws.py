@@ -10,6 +10,7 @@ Clients only send control frames (pong, close, the odd ping). A data frame close
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from typing import TYPE_CHECKING
@@ -87,14 +88,7 @@ def accept_handshake(request: SignalRequest) -> tuple[bytes, WsConnection]:
     return accept, connection
 
 
-async def serve_websocket(
-    gateway: Gateway,
-    sock: socket.socket,
-    request: SignalRequest,
-    user_id: int,
-    device_id: int,
-    leftover: bytes,
-) -> None:
+def accept_websocket(request: SignalRequest) -> tuple[bytes, WsConnection]:
     if not (request.header_has_token(b"connection", b"upgrade") and request.header(b"upgrade")):
         raise HttpRefusal(
             426,
@@ -102,19 +96,7 @@ async def serve_websocket(
             "GET /v1/signal is a WebSocket endpoint",
             headers=[(b"Upgrade", b"websocket")],
         )
-    accept, ws = accept_handshake(request)
-    link = WsLink(sock, user_id, device_id, ws)
-    settings = gateway.settings
-    hello_head = await gateway.attach_and_read_head(link)
-    greeting = accept + ws_frame(wire.encode_hello(hello_head, int(settings.ping_interval_s)))
-    held, link.pending = link.pending, None
-    try:
-        await link.send_all(greeting + bytes(held or b""))
-        if leftover:
-            ws.receive_data(leftover)
-        await _session(gateway, link)
-    finally:
-        gateway.hub.detach(link)
+    return accept_handshake(request)
 
 
 def _next_ping_at(interval_s: float) -> float:
@@ -122,58 +104,78 @@ def _next_ping_at(interval_s: float) -> float:
     return trio.current_time() + interval_s * random.uniform(0.8, 1.0)
 
 
-async def _session(gateway: Gateway, link: WsLink) -> None:
+async def serve_websocket(
+    gateway: Gateway,
+    sock: socket.socket,
+    accept: bytes,
+    ws: WsConnection,
+    user_id: int,
+    device_id: int,
+    leftover: bytes,
+) -> None:
+    """One WebSocket session, in this one coroutine: its frame is what an idle connection keeps."""
+    link = WsLink(sock, user_id, device_id, ws)
     settings = gateway.settings
-    ws = link.ws
-    deadline = _next_ping_at(settings.ping_interval_s)
-    awaiting_pong = False
-    close_code: int | None = None
-    while close_code is None:
-        try:
-            data = await link.wait(deadline)
-        except ConnectionGone:
-            return
-        if link.closing is not None:
-            close_code = CLOSE_RESTARTING if link.closing == "draining" else CLOSE_NORMAL
-            if link.closing in ("slow consumer", "connection lost"):
-                gateway.metrics.dropped.labels(link.closing).inc()
-                return
-            break
-        if data:
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, Pong):
-                    awaiting_pong = False
-                    deadline = _next_ping_at(settings.ping_interval_s)
-                elif isinstance(event, Ping):
-                    await link.send_all(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if ws.state is not ConnectionState.REMOTE_CLOSING:
-                        close_code = int(event.code)  # wsproto's verdict on bytes it could not parse
-                        break
-                    await link.send_all(ws.send(event.response()))
-                    await _linger(link)
-                    return
-                elif isinstance(event, TextMessage | BytesMessage):
-                    too_big = len(event.data) > settings.max_client_frame_bytes
-                    close_code = CLOSE_TOO_BIG if too_big else CLOSE_POLICY
-                    break
-        if close_code is None and trio.current_time() >= deadline:
-            if awaiting_pong:
-                gateway.metrics.dropped.labels("ghost").inc()
-                return  # a ghost: no close handshake, just free it
-            await link.send_all(ws.send(Ping(b"")))
-            awaiting_pong = True
-            deadline = trio.current_time() + settings.ping_timeout_s
-    reason = {CLOSE_POLICY: "clients send control frames only", CLOSE_TOO_BIG: "frame too large"}.get(
-        close_code, ""
-    )
+    hello_head = await gateway.attach_and_read_head(link)
+    held, link.pending = link.pending, None
     try:
-        await link.send_all(ws.send(CloseConnection(code=close_code, reason=reason)))
-        await _linger(link)
+        await link.send_all(
+            accept
+            + ws_frame(wire.encode_hello(hello_head, int(settings.ping_interval_s)))
+            + bytes(held or b"")
+        )
+        del accept, held
+        if leftover:
+            ws.receive_data(leftover)
+        del leftover
+        deadline = _next_ping_at(settings.ping_interval_s)
+        awaiting_pong = False
+        close_code: int | None = None
+        while close_code is None:
+            try:
+                data = await link.wait(deadline)
+            except ConnectionGone:
+                return
+            if link.closing is not None:
+                if link.closing in ("slow consumer", "connection lost"):
+                    gateway.metrics.dropped.labels(link.closing).inc()
+                    return
+                close_code = CLOSE_RESTARTING if link.closing == "draining" else CLOSE_NORMAL
+                break
+            if data:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, Pong):
+                        awaiting_pong = False
+                        deadline = _next_ping_at(settings.ping_interval_s)
+                    elif isinstance(event, Ping):
+                        await link.send_all(ws.send(event.response()))
+                    elif isinstance(event, CloseConnection):
+                        if ws.state is not ConnectionState.REMOTE_CLOSING:
+                            close_code = int(event.code)  # wsproto's verdict on bytes it could not parse
+                            break
+                        await link.send_all(ws.send(event.response()))
+                        await linger(sock, _LINGER_S)
+                        return
+                    elif isinstance(event, TextMessage | BytesMessage):
+                        too_big = len(event.data) > settings.max_client_frame_bytes
+                        close_code = CLOSE_TOO_BIG if too_big else CLOSE_POLICY
+                        break
+            if close_code is None and trio.current_time() >= deadline:
+                if awaiting_pong:
+                    gateway.metrics.dropped.labels("ghost").inc()
+                    return  # a ghost: no close handshake, just free it
+                await link.send_all(ws.send(Ping(b"")))
+                awaiting_pong = True
+                deadline = trio.current_time() + settings.ping_timeout_s
+        reason = _CLOSE_REASONS.get(close_code, "")
+        with contextlib.suppress(ConnectionGone):
+            await link.send_all(ws.send(CloseConnection(code=close_code, reason=reason)))
+            await linger(sock, _LINGER_S)
     except ConnectionGone:
         return
+    finally:
+        gateway.hub.detach(link)
 
 
-async def _linger(link: WsLink) -> None:
-    await linger(link.sock, _LINGER_S)
+_CLOSE_REASONS = {CLOSE_POLICY: "clients send control frames only", CLOSE_TOO_BIG: "frame too large"}

@@ -164,8 +164,8 @@ class DeviceSync:
     async def _on_frame(self, frame: wire.Frame, transport: str) -> None:
         self.seen_kinds.append(frame.kind)
         if frame.kind == wire.Kind.HELLO:
+            self._ready(transport)  # connected: the HELLO arrived; the pull below catches up
             await self.sync(frame.head if frame.head != wire.UNKNOWN_HEAD else None)
-            self._ready(transport)
         elif frame.kind in (wire.Kind.NEW, wire.Kind.RECEIPT):
             await self.sync(frame.head if frame.head != wire.UNKNOWN_HEAD else None)
         elif frame.kind == wire.Kind.GOAWAY:
