@@ -8,7 +8,9 @@ drop the token, retry when) is pure and shared.
 from __future__ import annotations
 
 import abc
+import email.utils
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,3 +55,19 @@ class PushProvider(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - providers without resources need not override
         """Release connections and threads."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as delay-seconds or an HTTP-date; None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
