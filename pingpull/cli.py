@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create = keys_commands.add_parser("create", help="write a new Ed25519 key pair into the keys dir")
     keys_create.add_argument("--keys-dir", help="default: <data dir>/keys")
     _settings_flags(keys_create)
+
+    bench = commands.add_parser("bench", help="benchmarks (from a source checkout): protocols, e2e")
+    bench.add_argument("benchmark", choices=("protocols", "e2e"))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own flags (try --help)")
     return parser
 
 
@@ -118,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chat":
         return _chat(args)
+    if args.command == "bench":
+        return _bench(args.benchmark, args.bench_args)
     try:
         settings = settings_from_args(args)
         logs.configure(settings.log_format, settings.log_level)
@@ -189,6 +195,22 @@ def _chat(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _bench(benchmark: str, argv: list[str]) -> int:
+    """bench/ sits next to the package in a source checkout; imported only when asked for."""
+    import importlib
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module("bench.protocols.run" if benchmark == "protocols" else "bench.e2e")
+    except ImportError as exc:
+        print(f"pingpull bench: needs a source checkout with bench/ ({exc})", file=sys.stderr)
+        return 2
+    status: int = module.main(argv, prog=f"pingpull bench {benchmark}")
+    return status
 
 
 async def _create_account(settings: Settings, handle: str, device_name: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from pingpull.errors import ConfigError
 from pingpull.metrics import serve_metrics
 from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import KeyRing, ensure_keys, load_keys
-from push_bridge.service import build_worker, run_push
+from push_bridge.errors import ProviderConfigError
+from push_bridge.service import build_worker, open_live_providers, run_push
 from push_bridge.worker import PushWorker
 from signal_svc.gateway import Gateway
 from signal_svc.service import run_signal
@@ -142,6 +143,7 @@ async def serve(
     needs_database = any(name in runnable for name in ("content", "push"))
     async with (
         open_kernel(settings, with_database=needs_database) as kernel,
+        contextlib.AsyncExitStack() as background_stack,
         trio.open_nursery() as background,
     ):
         urls: dict[str, list[str]] = {}
@@ -150,8 +152,7 @@ async def serve(
             await background.start(kernel.bus.subscriber.run)
         worker: PushWorker | None = None
         if "push" in runnable:
-            assert kernel.database is not None
-            worker = push_worker(kernel)
+            worker = await push_worker(kernel, background_stack)
         async with trio.open_nursery() as running:
             # Each service returns by itself once `shutdown` is set and it has drained.
             if worker is not None:
@@ -182,11 +183,17 @@ async def serve(
         background.cancel_scope.cancel()
 
 
-def push_worker(kernel: Kernel) -> PushWorker:
+async def push_worker(kernel: Kernel, stack: contextlib.AsyncExitStack) -> PushWorker:
+    """The worker with the configured providers (opened on `stack`, closed with it)."""
     assert kernel.database is not None
-    if kernel.settings.push.provider != "log":
-        raise ConfigError("push.provider = live needs the APNs/FCM providers, which are not wired yet")
-    return build_worker(kernel.settings.push, kernel.database)
+    settings = kernel.settings.push
+    providers = None
+    if settings.provider == "live":
+        try:
+            providers = await stack.enter_async_context(open_live_providers(settings, kernel.bridge))
+        except ProviderConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+    return build_worker(settings, kernel.database, providers)
 
 
 async def _until(

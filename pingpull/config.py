@@ -203,6 +203,8 @@ class PushSettings:
     # host:port overrides (proxies, staging, tests); empty means Apple's production/sandbox hosts.
     apns_production_host: str = ""
     apns_sandbox_host: str = ""
+    # A CA bundle to trust for APNs (a TLS-intercepting proxy, a staging fake); empty: the system's.
+    apns_ca_file: str = ""
     fcm_service_account_file: str = ""
     fcm_project_id: str = ""
     fcm_endpoint_base: str = ""
