@@ -66,9 +66,7 @@ async def test_h2_h3_and_wss_with_a_private_ca(tmp_path: Path, certs: dict[str, 
                 nursery.cancel_scope.cancel()
 
         # HTTP/3: the same port number, over QUIC.
-        status, _, body = await trio.to_thread.run_sync(
-            h3_get, f"{content_url}/healthz", str(certs["ca"])
-        )
+        status, _, body = await trio.to_thread.run_sync(h3_get, f"{content_url}/healthz", str(certs["ca"]))
         assert status == 200 and json.loads(body) == {"status": "ok"}
         status, _, body = await trio.to_thread.run_sync(
             lambda: h3_get(
