@@ -79,6 +79,8 @@ class ApnsRecord:
     stream_id: int
     headers: Mapping[str, str]
     body: bytes
+    # Wall-clock time (time.time()) the request was complete, comparable with the outbox's *_ms.
+    received_at: float = field(default_factory=time.time)
 
     @property
     def path(self) -> str:
@@ -149,6 +151,10 @@ class FakeApns:
     def script(self, token: str, *replies: ApnsReply) -> None:
         """Answer the next pushes to ``token`` with ``replies`` in order, then 200."""
         self._script.setdefault(token, deque()).extend(replies)
+
+    def clear_script(self) -> None:
+        """Forget every reply not yet used: from now on every push is answered 200."""
+        self._script.clear()
 
     def jwts(self) -> list[str]:
         """The distinct provider tokens seen, in order of first use."""
