@@ -191,6 +191,9 @@ class PushSettings:
     batch_size: int = 100
     concurrency: int = 64
     claim_ttl_s: float = 120.0
+    # APNs BadDeviceToken/DeviceTokenNotForTopic, FCM SENDER_ID_MISMATCH/invalid token remove the
+    # token only if the provider delivered to another token this recently (else: config suspected).
+    config_proof_window_s: float = 3600.0
     retry_initial_s: float = 1.0
     retry_max_s: float = 300.0
     max_attempts: int = 12
@@ -217,6 +220,7 @@ class PushSettings:
         _require(1 <= self.batch_size <= 10_000, "push.batch_size within 1..10000")
         _require(1 <= self.concurrency <= 10_000, "push.concurrency within 1..10000")
         _require(5 <= self.claim_ttl_s <= 3600, "push.claim_ttl_s within 5..3600")
+        _require(1 <= self.config_proof_window_s <= 86_400, "push.config_proof_window_s within 1..86400")
         _require(0 < self.retry_initial_s <= self.retry_max_s <= 86_400, "push retry delays")
         _require(1 <= self.max_attempts <= 1000, "push.max_attempts within 1..1000")
         _require(0 <= self.expiry_s <= 28 * 24 * 3600, "push.expiry_s within 0..28 days")

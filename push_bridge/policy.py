@@ -7,8 +7,11 @@ The rules, in order:
   costs one push (and Apple throttles background pushes anyway);
 - otherwise, push.
 After the provider answers: delivered -> done (or, if more messages came meanwhile, wait for the
-ack or the repush time); dead token -> remove it, done; retry -> capped exponential backoff with
-full jitter, never sooner than the provider's Retry-After; rejected -> done.
+ack or the repush time); dead token -> remove it, done; invalid token -> remove it only if the
+same provider configuration is proven to work (it delivered to another token recently), else
+keep the token and retry the job like a failure while the configuration is suspected
+(docs/decisions/0002-*.md); retry -> capped exponential backoff with full jitter, never sooner
+than the provider's Retry-After; rejected -> done.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class Next(enum.Enum):
     DONE = "done"
     REMOVE_TOKEN = "remove_token"
     RETRY = "retry"
+    # An invalid-token answer while nothing proves our configuration: keep the token, alert, retry.
+    SUSPECT_CONFIG = "suspect_config"
     GIVE_UP = "give_up"
 
 
@@ -88,16 +93,28 @@ class RetryPolicy:
 
 
 def after_send(
-    outcome: PushOutcome, attempts: int, now_ms: int, retry: RetryPolicy, rng: random.Random
+    outcome: PushOutcome,
+    attempts: int,
+    now_ms: int,
+    retry: RetryPolicy,
+    rng: random.Random,
+    *,
+    config_proven: bool = False,
 ) -> Followup:
+    """What follows one provider answer. `config_proven`: the same provider and environment
+    delivered to some token recently (see push_bridge.health), which makes an invalid-token answer
+    the token's fault rather than our configuration's."""
     if outcome.outcome is Outcome.DELIVERED or outcome.outcome is Outcome.REJECTED:
         return Followup(Next.DONE)
     if outcome.outcome is Outcome.TOKEN_DEAD:
         return Followup(Next.REMOVE_TOKEN)
+    if outcome.outcome is Outcome.TOKEN_INVALID and config_proven:
+        return Followup(Next.REMOVE_TOKEN)
     if attempts >= retry.max_attempts:
-        return Followup(Next.GIVE_UP)
+        return Followup(Next.GIVE_UP)  # the job ends; a suspect token is still kept
     delay_s = retry.delay_s(attempts, rng)
     if outcome.retry_after_s is not None:
         # Never earlier than the provider asked; jitter on top spreads a fleet of retries.
         delay_s = max(delay_s, outcome.retry_after_s)
-    return Followup(Next.RETRY, not_before_ms=now_ms + int(delay_s * 1000))
+    nxt = Next.SUSPECT_CONFIG if outcome.outcome is Outcome.TOKEN_INVALID else Next.RETRY
+    return Followup(nxt, not_before_ms=now_ms + int(delay_s * 1000))

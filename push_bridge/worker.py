@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pingpull import logs
 from pingpull.db.engine import Database
 from push_bridge import payloads, policy, store
-from push_bridge.providers.base import PushOutcome, PushProvider, PushRequest
+from push_bridge.health import ProviderHealth
+from push_bridge.providers.base import Outcome, PushOutcome, PushProvider, PushRequest
 from push_bridge.providers.log import LogProvider
 
 log = logging.getLogger("pingpull.push")
@@ -46,6 +47,18 @@ class PushMetrics:
         self.tokens_removed = Counter(
             "pingpull_push_tokens_removed", "Dead push tokens removed.", ["provider"], registry=self.registry
         )
+        self.tokens_kept = Counter(
+            "pingpull_push_tokens_kept_suspect_config",
+            "Invalid-token answers whose token was kept: nothing proved the provider configuration.",
+            ["provider", "environment", "reason"],
+            registry=self.registry,
+        )
+        self.config_suspected = Gauge(
+            "pingpull_push_config_suspected",
+            "1 while a provider/environment answers invalid-token with no recent delivery (alert on it).",
+            ["provider", "environment"],
+            registry=self.registry,
+        )
         self.gave_up = Counter(
             "pingpull_push_gave_up", "Jobs dropped after max attempts.", registry=self.registry
         )
@@ -64,6 +77,8 @@ class WorkerSettings:
     concurrency: int = 64
     claim_ttl_s: float = 120.0
     repush_after_s: float = 600.0
+    # An invalid-token answer removes the token only if the provider delivered within this window.
+    config_proof_window_s: float = 3600.0
     retry: policy.RetryPolicy = field(default_factory=policy.RetryPolicy)
     payload: payloads.PayloadOptions = field(default_factory=payloads.PayloadOptions)
 
@@ -85,6 +100,7 @@ class PushWorker:
         self.rng = rng or random.Random()
         self.metrics = PushMetrics()
         self.claim_id = secrets.token_hex(8)
+        self.health = ProviderHealth(proof_window_ms=int(settings.config_proof_window_s * 1000))
         self._wakeup = trio.Event()
 
     def wake(self) -> None:
@@ -171,7 +187,18 @@ class PushWorker:
     ) -> None:
         self.metrics.outcomes.labels(provider.name, outcome.outcome.value, outcome.reason or "-").inc()
         now_ms = self.clock_ms()
-        followup = policy.after_send(outcome, job.attempts + 1, now_ms, self.settings.retry, self.rng)
+        scope = (provider.name, request.environment)
+        if outcome.outcome is Outcome.DELIVERED and self.health.delivered(scope, now_ms):
+            self.metrics.config_suspected.labels(*scope).set(0)
+            logs.event(log, "push_config_recovered", provider=scope[0], environment=scope[1])
+        followup = policy.after_send(
+            outcome,
+            job.attempts + 1,
+            now_ms,
+            self.settings.retry,
+            self.rng,
+            config_proven=self.health.proven(scope, now_ms),
+        )
         fields: dict[str, Any] = {
             "device_id": job.device_id,
             "provider": provider.name,
@@ -179,7 +206,7 @@ class PushWorker:
             "reason": outcome.reason,
         }
         if followup.next is policy.Next.DONE:
-            if outcome.outcome.value == "delivered":
+            if outcome.outcome is Outcome.DELIVERED:
                 await self.database.transaction(store.finish_delivered, job, now_ms)
             else:
                 logs.event(log, "push_rejected", level=logging.WARNING, **fields)
@@ -193,10 +220,33 @@ class PushWorker:
         elif followup.next is policy.Next.RETRY:
             assert followup.not_before_ms is not None
             await self.database.transaction(store.finish_retry, job, followup.not_before_ms)
+        elif followup.next is policy.Next.SUSPECT_CONFIG:
+            assert followup.not_before_ms is not None
+            self._suspect_config(scope, outcome, fields)
+            await self.database.transaction(store.finish_retry, job, followup.not_before_ms)
         else:
+            if outcome.outcome is Outcome.TOKEN_INVALID:
+                self._suspect_config(scope, outcome, fields)
             self.metrics.gave_up.inc()
             logs.event(log, "push_gave_up", level=logging.WARNING, attempts=job.attempts + 1, **fields)
             await self.database.transaction(store.finish_gone, job)
+
+    def _suspect_config(self, scope: tuple[str, str], outcome: PushOutcome, fields: dict[str, Any]) -> None:
+        """The token is kept: alert once per episode, count every kept token."""
+        self.metrics.tokens_kept.labels(scope[0], scope[1], outcome.reason or "-").inc()
+        if self.health.suspect(scope):
+            self.metrics.config_suspected.labels(*scope).set(1)
+            logs.event(
+                log,
+                "push_config_suspected",
+                level=logging.ERROR,
+                environment=scope[1],
+                hint="invalid-token answers and no recent delivery: check the APNs topic and "
+                "sandbox/production hosts, or the FCM project and service account; tokens are kept",
+                **fields,
+            )
+        else:
+            logs.event(log, "push_token_kept", environment=scope[1], **fields)
 
 
 def log_providers() -> dict[str, PushProvider]:

@@ -27,8 +27,11 @@ here with a subclass rather than a patch of the library's globals:
   FIN) but let it finish.
 
 Outcomes follow Apple's "Handling notification responses from APNs": 410 (``Unregistered``,
-``ExpiredToken``), ``BadDeviceToken``, ``DeviceTokenNotForTopic`` and ``MissingDeviceToken`` mean
-the token is dead; 429, 5xx, ``IdleTimeout`` and ``ExpiredProviderToken`` are worth retrying;
+``ExpiredToken``) means the token is dead; ``BadDeviceToken``, ``DeviceTokenNotForTopic`` and
+``MissingDeviceToken`` mean it is invalid *for the topic and environment we sent to*, which a wrong
+topic or sandbox/production mix-up on our side also produces (TOKEN_INVALID: the worker removes the
+token only once this provider is known to work, docs/decisions/0002-*.md); 429, 5xx,
+``IdleTimeout`` and ``ExpiredProviderToken`` are worth retrying;
 anything else (``BadTopic``, ``PayloadTooLarge``, ``InvalidProviderToken``...) is a permanent
 refusal that is not the token's fault. Failures to connect or a connection lost mid-push are
 retried once on a fresh connection inside aioapns (``max_connection_attempts``, default 2: a
@@ -85,9 +88,11 @@ APNS_PORT: Final = 443
 TOKEN_REFRESH_S: Final = 30 * 60
 MIN_TOKEN_REFRESH_S: Final = 20 * 60
 
-_TOKEN_DEAD: Final = frozenset(
-    {"Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic", "MissingDeviceToken"}
-)
+# 410: Apple says the token is no longer valid for the topic; nothing on our side can cause it.
+_TOKEN_DEAD: Final = frozenset({"Unregistered", "ExpiredToken"})
+# 400 about the token: a bad token, or a token of another app (topic) or environment than ours,
+# which is also what a misconfigured topic or host answers for every token (TOKEN_INVALID).
+_TOKEN_INVALID: Final = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "MissingDeviceToken"})
 _RETRYABLE: Final = frozenset(
     {
         "TooManyRequests",
@@ -239,6 +244,8 @@ def outcome_for(status: int, reason: str, retry_after: str | None = None) -> Pus
         return PushOutcome(Outcome.DELIVERED, status=status)
     if status == 410 or reason in _TOKEN_DEAD:
         return PushOutcome(Outcome.TOKEN_DEAD, reason=reason, status=status)
+    if reason in _TOKEN_INVALID:
+        return PushOutcome(Outcome.TOKEN_INVALID, reason=reason, status=status)
     if status == 429 or status >= 500 or reason in _RETRYABLE:
         return PushOutcome(
             Outcome.RETRY, reason=reason, status=status, retry_after_s=parse_retry_after(retry_after)

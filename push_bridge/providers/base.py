@@ -17,7 +17,12 @@ from typing import Any
 
 class Outcome(enum.Enum):
     DELIVERED = "delivered"  # the provider accepted it; the job is done
-    TOKEN_DEAD = "token_dead"  # unregistered / bad token: remove the token, the job ends
+    TOKEN_DEAD = "token_dead"  # unregistered (APNs 410, FCM UNREGISTERED): remove the token, the job ends
+    # The provider refused the token for this app or environment (APNs 400 BadDeviceToken,
+    # DeviceTokenNotForTopic; FCM INVALID_ARGUMENT about the token, SENDER_ID_MISMATCH). Either the
+    # token is dead or OUR topic / environment / project is wrong, which would answer the same for
+    # every token of the fleet: the worker decides which (see docs/decisions/0002-*.md).
+    TOKEN_INVALID = "token_invalid"
     RETRY = "retry"  # 429, 5xx, timeouts, connection failures: try again later
     REJECTED = "rejected"  # a permanent refusal that is not about the token (payload, auth): the job ends
 

@@ -18,12 +18,14 @@ What pyfcm 2.1 does that a push bridge must not, and what this module does inste
   makes exactly one POST and mounts an adapter with ``max_retries=0``.
 * Answers. pyfcm raises ``FCMNotRegisteredError`` for any 404 (a wrong project URL too) and
   ``FCMServerError`` for 429 and every 5xx alike, dropping FCM's ``errorCode`` and ``Retry-After``.
-  Outcomes are read from the response itself: ``UNREGISTERED`` and an ``INVALID_ARGUMENT`` about
-  the registration token mean the token is dead; 429, 5xx, a timeout or a connection failure are
-  retried; everything else (a bad payload, ``SENDER_ID_MISMATCH``, ``PERMISSION_DENIED``, a bare
-  404) is a permanent refusal that is not the token's fault. ``SENDER_ID_MISMATCH`` is deliberately
-  not "dead": with the wrong service account configured it is what *every* token answers, and
-  deleting them all would be the wrong reaction to a configuration mistake.
+  Outcomes are read from the response itself: ``UNREGISTERED`` means the token is dead; an
+  ``INVALID_ARGUMENT`` about the registration token and ``SENDER_ID_MISMATCH`` mean it is invalid
+  for *our* project, which is also what every token answers when the configured project or service
+  account is wrong, so they are TOKEN_INVALID and the worker removes the token only once FCM is
+  known to deliver for this configuration (docs/decisions/0002-*.md); 429, 5xx, a timeout or a
+  connection failure are retried; everything else (a bad payload, ``PERMISSION_DENIED``, a bare
+  404 without FCM's ``UNREGISTERED`` detail, which a wrong endpoint also answers) is a permanent
+  refusal that is not the token's fault.
 
 The OAuth endpoint is the service account's ``token_uri`` and the send endpoint is
 ``endpoint_base`` (pyfcm's ``FCM_END_POINT_BASE``), so tests and proxies point both elsewhere.
@@ -141,11 +143,14 @@ def outcome_for(status: int, body: Any, retry_after: str | None = None) -> PushO
     if code == "UNREGISTERED":
         return PushOutcome(Outcome.TOKEN_DEAD, reason=reason, status=status)
     if status == 400 and "INVALID_ARGUMENT" in (code, rpc_status):
-        # INVALID_ARGUMENT is also a bad payload; only one about the token means the token is dead.
+        # INVALID_ARGUMENT is also a bad payload; only one about the token is about the token.
         about_token = "message.token" in violations or "registration token" in message.lower()
         return PushOutcome(
-            Outcome.TOKEN_DEAD if about_token else Outcome.REJECTED, reason=reason, status=status
+            Outcome.TOKEN_INVALID if about_token else Outcome.REJECTED, reason=reason, status=status
         )
+    if code == "SENDER_ID_MISMATCH":
+        # A token of another sender: dead for us, or our project id / service account is wrong.
+        return PushOutcome(Outcome.TOKEN_INVALID, reason=reason, status=status)
     if status == 429 or status >= 500:
         return PushOutcome(
             Outcome.RETRY, reason=reason, status=status, retry_after_s=parse_retry_after(retry_after)

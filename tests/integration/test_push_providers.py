@@ -183,11 +183,11 @@ async def test_apns_visible_alert_headers(apns: ApnsProvider, fake_apns: FakeApn
         (ApnsReply.error(410, "ExpiredToken"), PushOutcome(Outcome.TOKEN_DEAD, "ExpiredToken", None, 410)),
         (
             ApnsReply.error(400, "BadDeviceToken"),
-            PushOutcome(Outcome.TOKEN_DEAD, "BadDeviceToken", None, 400),
+            PushOutcome(Outcome.TOKEN_INVALID, "BadDeviceToken", None, 400),
         ),
         (
             ApnsReply.error(400, "DeviceTokenNotForTopic"),
-            PushOutcome(Outcome.TOKEN_DEAD, "DeviceTokenNotForTopic", None, 400),
+            PushOutcome(Outcome.TOKEN_INVALID, "DeviceTokenNotForTopic", None, 400),
         ),
         (
             ApnsReply.error(429, "TooManyRequests", retry_after="7"),
@@ -565,10 +565,10 @@ async def test_fcm_visible_alert_message(fcm: FcmProvider, fake_fcm: FakeFcm) ->
     ("reply", "expected"),
     [
         (FcmReply.unregistered(), PushOutcome(Outcome.TOKEN_DEAD, "UNREGISTERED", None, 404)),
-        (FcmReply.invalid_token(), PushOutcome(Outcome.TOKEN_DEAD, "INVALID_ARGUMENT", None, 400)),
+        (FcmReply.invalid_token(), PushOutcome(Outcome.TOKEN_INVALID, "INVALID_ARGUMENT", None, 400)),
         (
             FcmReply.invalid_argument("message.token", "Invalid registration token"),
-            PushOutcome(Outcome.TOKEN_DEAD, "INVALID_ARGUMENT", None, 400),
+            PushOutcome(Outcome.TOKEN_INVALID, "INVALID_ARGUMENT", None, 400),
         ),
         (
             FcmReply.invalid_argument("message.android.ttl", "Invalid value at 'message.android.ttl'"),
@@ -578,7 +578,10 @@ async def test_fcm_visible_alert_message(fcm: FcmProvider, fake_fcm: FakeFcm) ->
         (FcmReply.internal(), PushOutcome(Outcome.RETRY, "INTERNAL", None, 500)),
         (FcmReply.unavailable(), PushOutcome(Outcome.RETRY, "UNAVAILABLE", None, 503)),
         (FcmReply.unavailable(retry_after="5"), PushOutcome(Outcome.RETRY, "UNAVAILABLE", 5.0, 503)),
-        (FcmReply.sender_id_mismatch(), PushOutcome(Outcome.REJECTED, "SENDER_ID_MISMATCH", None, 403)),
+        (
+            FcmReply.sender_id_mismatch(),
+            PushOutcome(Outcome.TOKEN_INVALID, "SENDER_ID_MISMATCH", None, 403),
+        ),
     ],
     ids=lambda value: f"{value.status}-{value.error_code}" if isinstance(value, FcmReply) else "",
 )

@@ -132,12 +132,16 @@ class FakeApns:
         team_id: str | None = None,
         min_token_refresh_s: float = 20 * 60,
         max_concurrent_streams: int = 1000,
+        app_topic: str | None = None,
     ) -> None:
         self.server_context = server_context
         self.provider_keys = dict(provider_keys or {})  # kid -> EC public key; empty: no JWT checks
         self.team_id = team_id
         self.min_token_refresh_s = min_token_refresh_s
         self.max_concurrent_streams = max_concurrent_streams
+        # The bundle id every device token belongs to: a push for another topic is answered
+        # 400 DeviceTokenNotForTopic, for every token, as Apple does for a misconfigured topic.
+        self.app_topic = app_topic
         self.host = "127.0.0.1"
         self.port = 0
         self.requests: list[ApnsRecord] = []
@@ -265,6 +269,8 @@ class FakeApns:
             return auth
         if not headers.get("apns-topic"):
             return ApnsReply.error(400, "MissingTopic")
+        if self.app_topic is not None and headers["apns-topic"] != self.app_topic:
+            return ApnsReply.error(400, "DeviceTokenNotForTopic")
         if not record.body:
             return ApnsReply.error(400, "PayloadEmpty")
         if len(record.body) > 4096:

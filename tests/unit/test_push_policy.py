@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from push_bridge import payloads
-from push_bridge.policy import JobView, Next, RetryPolicy, Verdict, after_send, decide
+from push_bridge.health import ProviderHealth
+from push_bridge.policy import Followup, JobView, Next, RetryPolicy, Verdict, after_send, decide
+from push_bridge.providers import apns, fcm
 from push_bridge.providers.base import Outcome, PushOutcome
 
 REPUSH_MS = 600_000
@@ -68,6 +70,104 @@ def test_acked_since_the_last_push_may_push_again_at_once() -> None:
 )
 def test_outcomes(outcome: Outcome, expected: Next) -> None:
     assert after_send(PushOutcome(outcome), 1, 0, RetryPolicy(), random.Random(1)).next is expected
+
+
+# --- invalid tokens: dead only when the provider configuration is proven (decision 0002) -------------
+
+
+def test_invalid_token_is_removed_only_when_the_configuration_is_proven() -> None:
+    invalid = PushOutcome(Outcome.TOKEN_INVALID, reason="BadDeviceToken", status=400)
+    proven = after_send(invalid, 1, 0, RetryPolicy(), random.Random(1), config_proven=True)
+    assert proven == Followup(Next.REMOVE_TOKEN)
+    unproven = after_send(invalid, 1, 10_000, RetryPolicy(initial_s=1), random.Random(1))
+    assert unproven.next is Next.SUSPECT_CONFIG  # the token is kept and the job tried again
+    assert unproven.not_before_ms is not None and 10_000 <= unproven.not_before_ms <= 11_000
+
+
+def test_unregistered_is_dead_whatever_the_proof() -> None:
+    dead = PushOutcome(Outcome.TOKEN_DEAD, reason="Unregistered", status=410)
+    for proven in (False, True):
+        followup = after_send(dead, 1, 0, RetryPolicy(), random.Random(1), config_proven=proven)
+        assert followup.next is Next.REMOVE_TOKEN
+
+
+def test_unproven_invalid_token_gives_up_keeping_the_token() -> None:
+    invalid = PushOutcome(Outcome.TOKEN_INVALID, reason="DeviceTokenNotForTopic", status=400)
+    followup = after_send(invalid, 3, 0, RetryPolicy(max_attempts=3), random.Random(1))
+    assert followup.next is Next.GIVE_UP
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "expected"),
+    [
+        (410, "Unregistered", Outcome.TOKEN_DEAD),
+        (410, "ExpiredToken", Outcome.TOKEN_DEAD),
+        (400, "BadDeviceToken", Outcome.TOKEN_INVALID),
+        (400, "DeviceTokenNotForTopic", Outcome.TOKEN_INVALID),
+        (400, "MissingDeviceToken", Outcome.TOKEN_INVALID),
+        (400, "BadTopic", Outcome.REJECTED),
+        (403, "InvalidProviderToken", Outcome.REJECTED),
+        (429, "TooManyRequests", Outcome.RETRY),
+    ],
+)
+def test_apns_answers_classify_tokens(status: int, reason: str, expected: Outcome) -> None:
+    assert apns.outcome_for(status, reason).outcome is expected
+
+
+def _fcm_error(status: int, rpc: str, code: str = "", message: str = "") -> dict[str, object]:
+    details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]
+    return {"error": {"code": status, "status": rpc, "message": message, "details": details if code else []}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (404, _fcm_error(404, "NOT_FOUND", "UNREGISTERED"), Outcome.TOKEN_DEAD),
+        (
+            400,
+            _fcm_error(
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                "The registration token is not a valid FCM registration token",
+            ),
+            Outcome.TOKEN_INVALID,
+        ),
+        (403, _fcm_error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH"), Outcome.TOKEN_INVALID),
+        (404, _fcm_error(404, "NOT_FOUND", message="Requested entity was not found."), Outcome.REJECTED),
+        (
+            400,
+            _fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'"),
+            Outcome.REJECTED,
+        ),
+    ],
+    ids=["unregistered", "invalid-token", "sender-id-mismatch", "bare-404", "bad-payload"],
+)
+def test_fcm_answers_classify_tokens(status: int, body: dict[str, object], expected: Outcome) -> None:
+    assert fcm.outcome_for(status, body).outcome is expected
+
+
+def test_a_delivery_proves_its_scope_for_the_window_only() -> None:
+    health = ProviderHealth(proof_window_ms=60_000)
+    production, sandbox = ("apns", "production"), ("apns", "sandbox")
+    assert not health.proven(production, 0)
+    health.delivered(production, 1_000)
+    assert health.proven(production, 61_000)
+    assert not health.proven(production, 61_001)  # stale: proves nothing about the config now
+    assert not health.proven(sandbox, 1_000)  # another host and token space
+    assert not health.proven(("fcm", "production"), 1_000)
+
+
+def test_a_suspected_configuration_alerts_once_and_clears_on_a_delivery() -> None:
+    health = ProviderHealth(proof_window_ms=60_000)
+    scope = ("apns", "production")
+    assert health.suspect(scope) is True
+    assert health.suspect(scope) is False  # one alert per episode
+    assert health.suspected(scope)
+    assert health.delivered(scope, 5) is True  # recovered
+    assert not health.suspected(scope)
+    assert health.delivered(scope, 6) is False
+    assert health.suspect(scope) is True  # a new episode alerts again
 
 
 def test_retry_gives_up_after_max_attempts() -> None:
