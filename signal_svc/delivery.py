@@ -11,7 +11,7 @@ import json
 from pingpull import wire
 from signal_svc import http
 
-_WS_BINARY_20 = b"\x82\x14"  # FIN + binary opcode, unmasked, 20-byte payload
+WS_BINARY_20 = b"\x82\x14"  # FIN + binary opcode, unmasked, 20-byte payload
 
 
 class Delivery:
@@ -34,7 +34,7 @@ class Delivery:
     @property
     def ws(self) -> bytes:
         if self._ws is None:
-            self._ws = _WS_BINARY_20 + self.frame
+            self._ws = WS_BINARY_20 + self.frame
         return self._ws
 
     @property
@@ -56,4 +56,4 @@ class Delivery:
 
 
 def ws_frame(frame: bytes) -> bytes:
-    return _WS_BINARY_20 + frame
+    return WS_BINARY_20 + frame

@@ -22,6 +22,7 @@ import time
 
 import trio
 
+from pingpull.bus import Subscription
 from signal_svc.delivery import Delivery
 from signal_svc.errors import ConnectionGone
 
@@ -34,7 +35,17 @@ WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 class Link(abc.ABC):
     """One connection's state while it is attached to the hub. Subclasses add their transport."""
 
-    __slots__ = ("closing", "device_id", "opened_at", "pending", "sock", "user_id", "waker")
+    __slots__ = (
+        "closing",
+        "device_id",
+        "max_pending_bytes",
+        "opened_at",
+        "pending",
+        "sock",
+        "subscription",
+        "user_id",
+        "waker",
+    )
     kind = "link"
 
     def __init__(self, sock: socket.socket, user_id: int, device_id: int) -> None:
@@ -46,8 +57,22 @@ class Link(abc.ABC):
         # Why the hub or the drain wants this connection to end (None: it should live).
         self.closing: str | None = None
         self.opened_at = time.monotonic()
+        # Set by the hub on attach: this link's bus registration (it is its device's receiver) and
+        # the queue limit past which it is a slow consumer.
+        self.subscription: Subscription | None = None
+        self.max_pending_bytes = 0
 
     # --- called synchronously from the bus callback, the hub and the drain ----------------------
+
+    def push(self, frame: bytes) -> None:
+        """The bus receiver: write `frame` now, without awaiting. Transports with a cheaper path
+        than building a `Delivery` (WebSocket) override this."""
+        self.deliver(Delivery(frame), self.max_pending_bytes)
+
+    def unsubscribe(self) -> None:
+        if self.subscription is not None:
+            self.subscription.cancel()
+            self.subscription = None
 
     def deliver(self, delivery: Delivery, max_pending_bytes: int) -> None:
         if self.closing is None:

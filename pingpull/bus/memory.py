@@ -13,16 +13,19 @@ class MemoryBus(Bus):
         self._heads: dict[int, int] = {}
 
     async def publish(self, publications: Sequence[Publication]) -> Mapping[int, int]:
-        delivered: dict[int, int] = {}
+        heads = self._heads
         for publication in publications:
-            if publication.head > self._heads.get(publication.user_id, -1):
-                self._heads[publication.user_id] = publication.head
-            for device_id in publication.device_ids:
-                delivered[device_id] = self._registry.deliver(device_id, publication.frame)
-        return delivered
+            if publication.head > heads.get(publication.user_id, -1):
+                heads[publication.user_id] = publication.head
+        # Heads first, then frames: nothing can observe the difference (no await in between).
+        return self._registry.deliver_all(publications)
 
     async def head(self, user_id: int) -> int | None:
         return self._heads.get(user_id)
 
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         return self._registry.add(device_id, receiver)
+
+    @property
+    def frames_delivered(self) -> int:
+        return self._registry.delivered

@@ -124,6 +124,10 @@ class RedisBus(Bus):
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         return self._registry.add(device_id, receiver)
 
+    @property
+    def frames_delivered(self) -> int:
+        return self._registry.delivered
+
     def on_resync(self, handler: Callable[[], None]) -> None:
         """Called after the subscriber reconnected and resubscribed everything (not on first connect)."""
         self._resync = handler
