@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,14 @@ class ScriptedProvider(PushProvider):
     def __init__(self) -> None:
         self.sent: list[PushRequest] = []
         self.script: dict[str, deque[PushOutcome]] = defaultdict(deque)
+        # Runs while the push is "in flight", before the answer: what the world does meanwhile.
+        self.during_send: Callable[[PushRequest], Awaitable[None]] | None = None
 
     async def send(self, request: PushRequest) -> PushOutcome:
         self.sent.append(request)
         await trio.lowlevel.checkpoint()
+        if self.during_send is not None:
+            await self.during_send(request)
         queue = self.script.get(request.token)
         return queue.popleft() if queue else PushOutcome(Outcome.DELIVERED)
 
@@ -161,14 +165,42 @@ async def test_dead_token_is_removed_unless_registered_again(
     await worker.run_once()
 
     async def token(conn: AsyncConnection) -> str | None:
-        return (
+        value: str | None = (
             await conn.execute(select(devices.c.push_token).where(devices.c.id == b["device_id"]))
         ).scalar_one()
+        return value
 
     assert live.kernel.database is not None
     assert await live.kernel.database.read(token) is None
     assert await _jobs(live) == []
     assert worker.metrics.tokens_removed.labels("scripted")._value.get() == 1
+
+
+async def test_a_token_registered_again_while_its_push_was_in_flight_is_kept(
+    live: LiveContent, provider: ScriptedProvider, clock: Clock
+) -> None:
+    # The app reinstalled (or refreshed its token) after the push left: the 410 is about the past.
+    token = "e" * 64
+    alice, bob, b, cid = await _pair(live, token=token)
+    provider.script[token].append(PushOutcome(Outcome.TOKEN_DEAD, reason="Unregistered", status=410))
+
+    async def register_again(request: PushRequest) -> None:
+        clock.advance(1)
+        await bob.register_push(b["device_id"], "apns", token)
+
+    provider.during_send = register_again
+    worker = make_worker(live, provider, clock)
+    await alice.send(cid, "hi")
+    assert await worker.run_once() == 1
+
+    async def device(conn: AsyncConnection) -> Any:
+        return (await conn.execute(select(devices).where(devices.c.id == b["device_id"]))).one()
+
+    assert live.kernel.database is not None
+    row = await live.kernel.database.read(device)
+    assert row.push_token == token and row.push_registered_at_ms == clock()
+    assert await _jobs(live) == []  # the job itself ends
+    assert worker.metrics.tokens_removed.labels("scripted")._value.get() == 0
 
 
 async def test_retry_honours_retry_after_then_delivers(
