@@ -116,11 +116,20 @@ class Cast:
 
 async def _limit_main(config: Json) -> Json:
     from content_svc import messaging
+    from content_svc.context import wall_clock_ms
     from pingpull.db.engine import Database, create_engine
 
     engine = create_engine(config["database_url"], pool_size=int(config["pool_size"]))
     database = Database(engine, cast(Any, None))  # never crosses a bridge: _in_transaction is asyncio
-    run = database._in_transaction
+    # Like `Database.transaction`, at most pool-size units of work at once, the others waiting in FIFO
+    # order (asyncio's Semaphore is fair; SQLAlchemy's pool queue alone is not, and lets a worker
+    # starve past the pool timeout).
+    gate = asyncio.Semaphore(int(config["pool_size"]))
+
+    async def run(work: Any, read_only: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        async with gate:
+            return await database._in_transaction(work, read_only, args, kwargs)
+
     senders = config["senders"]
     recipients = config["recipients"]
     conversations = config["conversations"]
@@ -136,7 +145,6 @@ async def _limit_main(config: Json) -> Json:
         while time.monotonic() < stop_at:
             j = n % len(recipients[i])
             recipient = recipients[i][j]
-            now_ms = int(time.time() * 1000)
             await run(
                 messaging.send_message,
                 False,
@@ -148,14 +156,17 @@ async def _limit_main(config: Json) -> Json:
                     "idempotency_key": f"limit-{tag}-{i}-{n}",
                     "body": BODY,
                     "media": [],
-                    "now_ms": now_ms,
+                    "clock_ms": wall_clock_ms,
                     "ack_grace_ms": 15_000,
                 },
             )
             _, items = await run(messaging.pull_inbox, True, (recipient["user_id"], cursors[j], 50), {})
             cursors[j] = items[-1][0]
             await run(
-                messaging.ack, False, (recipient["user_id"], recipient["device_id"], cursors[j], now_ms), {}
+                messaging.ack,
+                False,
+                (recipient["user_id"], recipient["device_id"], cursors[j], wall_clock_ms()),
+                {},
             )
             done.append(time.monotonic())
             n += 1

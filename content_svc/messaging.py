@@ -1,28 +1,33 @@
 """The send transaction, history pages, the inbox pull and the ack: units of database work.
 
 The send transaction is the heart of correctness. In ONE transaction it
-  1. returns the original message if (sender, Idempotency-Key) was already used (a retry),
-  2. inserts the message (a concurrent twin blocks on the unique key, then finds the winner's row),
-  3. bumps `users.inbox_head` of every member under row locks taken in user-id order (so concurrent
-     senders to overlapping groups cannot deadlock) and writes one inbox row per member at that head,
+  1. takes row locks on every member's `users` row in user-id order (so concurrent senders to
+     overlapping groups cannot deadlock), provided the sender is a member and the Idempotency-Key is
+     new; otherwise it returns the original message (a retry) or 404,
+  2. stamps `sent_at_ms` (after the locks, so stamps follow commit order per inbox),
+  3. inserts the message (a concurrent twin that got past step 1 finds the unique key taken and
+     answers with the winner's row), bumps `users.inbox_head` of every member and writes one inbox
+     row per member at that head,
   4. upserts one push job per recipient device with a push token: at most one pending job per
      device, its seq raised to the newest, its due time kept at the earliest.
+On PostgreSQL steps 3 and 4 are one statement (data-modifying CTEs, RETURNING what the signals
+need), so a send is BEGIN, two statements, COMMIT; SQLite runs them as separate in-process calls.
 Signals are published only after commit, by the caller; a crash in between loses no message, only a
 hint, and the push job already in the outbox is the fallback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, text, update
+from sqlalchemy import Row, delete, exists, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.errors import IdempotencyKeyReused, NotFound, Unprocessable
-from content_svc.store import member_role
 from pingpull.db import dialects
 from pingpull.db.schema import device_cursors, devices, inbox, members, messages, push_jobs, users
 
@@ -94,82 +99,227 @@ async def send_message(
     idempotency_key: str,
     body: str,
     media: Sequence[str],
-    now_ms: int,
     ack_grace_ms: int,
+    clock_ms: Callable[[], int] | None = None,
+    now_ms: int | None = None,
 ) -> SendResult:
-    existing = await _find_by_key(conn, sender_id, idempotency_key)
-    if existing is not None:
-        return _replay(existing, conversation_id, body, media)
-    if await member_role(conn, sender_id, conversation_id) is None:
-        raise NotFound("no such conversation")
-
-    inserted = await conn.execute(
-        dialects.insert(conn, messages)
-        .values(
-            conversation_id=conversation_id,
-            sender_id=sender_id,
-            sender_device_id=sender_device_id,
-            idempotency_key=idempotency_key,
-            body=body,
-            media=json.dumps(list(media)),
-            sent_at_ms=now_ms,
-        )
-        .on_conflict_do_nothing(index_elements=["sender_id", "idempotency_key"])
-        .returning(*_MESSAGE_COLUMNS)
+    """The send transaction. `sent_at_ms` is read from `clock_ms` once the members' inbox rows are
+    locked (on SQLite: once the write lock is held), so time stamps follow commit order per inbox
+    even when the transaction waited or was retried. `now_ms` (a time read before the transaction)
+    is only for callers that have no clock to pass."""
+    if clock_ms is None:
+        if now_ms is None:
+            raise TypeError("send_message needs clock_ms (or now_ms)")
+        clock_ms = functools.partial(int, now_ms)
+    # 1. One statement: lock the members' user rows in id order (PostgreSQL), if the sender is a
+    #    member and the key is new. No rows: a replay, a non-member, or an emptied conversation.
+    member_ids = list(
+        (await conn.execute(_lock_members(conn, sender_id, conversation_id, idempotency_key))).scalars()
     )
-    row = inserted.first()
-    if row is None:
-        # A concurrent request with the same key committed first; on PostgreSQL the insert waited for it.
+    if not member_ids:
+        return await _not_sendable(conn, sender_id, conversation_id, idempotency_key, body, media)
+    sent_at_ms = clock_ms()
+    fresh = _Fresh(
+        conversation_id=conversation_id,
+        sender_id=sender_id,
+        sender_device_id=sender_device_id,
+        idempotency_key=idempotency_key,
+        body=body,
+        media=json.dumps(list(media)),
+        sent_at_ms=sent_at_ms,
+        not_before_ms=sent_at_ms + ack_grace_ms,
+    )
+    # 2. Insert the message, bump the heads, write the inbox rows and the push jobs.
+    if dialects.is_postgres(conn):
+        written = await _write_postgres(conn, fresh, member_ids)
+    else:
+        written = await _write_sqlite(conn, fresh, member_ids)
+    if written is None:
+        # A concurrent request with the same key committed first (we waited for it on the unique key or
+        # the row locks): nothing was written; answer with the winner's message.
         winner = await _find_by_key(conn, sender_id, idempotency_key)
         if winner is None:  # the twin rolled back after we waited: let the caller retry cleanly
             raise Unprocessable("a concurrent request with this Idempotency-Key failed; retry")
         return _replay(winner, conversation_id, body, media)
-    message = _message(row)
-
-    member_ids = (
-        (
-            await conn.execute(
-                select(members.c.user_id)
-                .where(members.c.conversation_id == conversation_id)
-                .order_by(members.c.user_id)
-            )
+    message, heads, devices_of = written
+    recipients = tuple(
+        Recipient(
+            uid,
+            heads[uid],
+            tuple(d for d, _ in devices_of.get(uid, ()) if d != sender_device_id),
+            # The sender's own devices sync through the inbox but are never woken for their own words.
+            tuple(d for d, pushable in devices_of.get(uid, ()) if pushable and uid != sender_id),
         )
-        .scalars()
-        .all()
+        for uid in member_ids
     )
-    heads = await _bump_heads(conn, list(member_ids))
+    return SendResult(message=message, created=True, recipients=recipients)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fresh:
+    """The new message's row, stamped."""
+
+    conversation_id: int
+    sender_id: int
+    sender_device_id: int
+    idempotency_key: str
+    body: str
+    media: str
+    sent_at_ms: int
+    not_before_ms: int
+
+    def message_row(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "sender_id": self.sender_id,
+            "sender_device_id": self.sender_device_id,
+            "idempotency_key": self.idempotency_key,
+            "body": self.body,
+            "media": self.media,
+            "sent_at_ms": self.sent_at_ms,
+        }
+
+
+# (message, new head per member, [(device id, has a push token)] per member); None: a twin won.
+_Written = tuple[Message, dict[int, int], dict[int, list[tuple[int, bool]]]] | None
+
+
+def _lock_members(conn: AsyncConnection, sender_id: int, conversation_id: int, key: str) -> Any:
+    in_conversation = members.c.conversation_id == conversation_id
+    query = (
+        select(users.c.id)
+        .where(
+            users.c.id.in_(select(members.c.user_id).where(in_conversation)),
+            exists().where(in_conversation, members.c.user_id == sender_id),
+            ~exists().where(messages.c.sender_id == sender_id, messages.c.idempotency_key == key),
+        )
+        .order_by(users.c.id)
+    )
+    if dialects.is_postgres(conn):
+        # Row locks in id order: two senders to overlapping member sets queue instead of deadlocking.
+        # NO KEY UPDATE, not UPDATE: the foreign-key checks of concurrent inserts (a message's
+        # sender, inbox rows) hold KEY SHARE locks on these rows, which FOR UPDATE would wait on
+        # (and deadlock with, found by the overlapping-groups test); FOR NO KEY UPDATE does not.
+        # SQLite serialises write transactions with BEGIN IMMEDIATE: no row locks to take.
+        query = query.with_for_update(key_share=True)
+    return query
+
+
+async def _not_sendable(
+    conn: AsyncConnection,
+    sender_id: int,
+    conversation_id: int,
+    key: str,
+    body: str,
+    media: Sequence[str],
+) -> SendResult:
+    existing = await _find_by_key(conn, sender_id, key)
+    if existing is not None:
+        return _replay(existing, conversation_id, body, media)
+    raise NotFound("no such conversation")
+
+
+# PostgreSQL: the message, the head bumps, the inbox rows and the push-job upserts in ONE statement.
+# Data-modifying CTEs run on one snapshot; each reads only the others' RETURNING rows. When the
+# message insert conflicts (a twin committed first), `msg` is empty and so is everything after it.
+_SEND_POSTGRES = text(
+    """
+    WITH msg AS (
+        INSERT INTO messages
+            (conversation_id, sender_id, sender_device_id, idempotency_key, body, media, sent_at_ms)
+        VALUES
+            (:conversation_id, :sender_id, :sender_device_id, :idempotency_key, :body, :media, :sent_at_ms)
+        ON CONFLICT (sender_id, idempotency_key) DO NOTHING
+        RETURNING id, conversation_id, sender_id, body, media, sent_at_ms
+    ), heads AS (
+        UPDATE users SET inbox_head = users.inbox_head + 1
+        FROM msg
+        WHERE users.id = ANY(:member_ids)
+        RETURNING users.id, users.inbox_head
+    ), inboxed AS (
+        INSERT INTO inbox (user_id, seq, message_id)
+        SELECT heads.id, heads.inbox_head, msg.id FROM heads CROSS JOIN msg
+    ), jobs AS (
+        INSERT INTO push_jobs (device_id, user_id, seq, not_before_ms, attempts, created_at_ms)
+        SELECT d.id, d.user_id, heads.inbox_head, CAST(:not_before_ms AS BIGINT), 0,
+               CAST(:sent_at_ms AS BIGINT)
+        FROM devices AS d JOIN heads ON heads.id = d.user_id
+        WHERE d.push_token IS NOT NULL AND d.user_id <> :sender_id
+        ON CONFLICT (device_id) DO UPDATE SET
+            seq = GREATEST(push_jobs.seq, excluded.seq),
+            not_before_ms = LEAST(push_jobs.not_before_ms, excluded.not_before_ms)
+    )
+    SELECT msg.id, msg.conversation_id, msg.sender_id, msg.body, msg.media, msg.sent_at_ms,
+           heads.id AS user_id, heads.inbox_head AS head,
+           d.id AS device_id, d.push_token IS NOT NULL AS pushable
+    FROM msg CROSS JOIN heads LEFT JOIN devices AS d ON d.user_id = heads.id
+    ORDER BY heads.id, d.id
+    """
+)
+
+
+async def _write_postgres(conn: AsyncConnection, fresh: _Fresh, member_ids: list[int]) -> _Written:
+    rows = (
+        await conn.execute(
+            _SEND_POSTGRES,
+            {**fresh.message_row(), "member_ids": member_ids, "not_before_ms": fresh.not_before_ms},
+        )
+    ).all()
+    if not rows:
+        return None
+    heads: dict[int, int] = {}
+    devices_of: dict[int, list[tuple[int, bool]]] = {}
+    for row in rows:
+        heads[row.user_id] = row.head
+        if row.device_id is not None:
+            devices_of.setdefault(row.user_id, []).append((row.device_id, bool(row.pushable)))
+    return _message(rows[0]), heads, devices_of
+
+
+async def _write_sqlite(conn: AsyncConnection, fresh: _Fresh, member_ids: list[int]) -> _Written:
+    # The write lock is held since BEGIN IMMEDIATE; the statements are cheap in-process calls.
+    row = (
+        await conn.execute(
+            dialects.insert(conn, messages)
+            .values(**fresh.message_row())
+            .on_conflict_do_nothing(index_elements=["sender_id", "idempotency_key"])
+            .returning(*_MESSAGE_COLUMNS)
+        )
+    ).first()
+    if row is None:
+        return None
+    message = _message(row)
+    bumped = await conn.execute(
+        update(users)
+        .where(users.c.id.in_(member_ids))
+        .values(inbox_head=users.c.inbox_head + 1)
+        .returning(users.c.id, users.c.inbox_head)
+    )
+    heads = {r.id: r.inbox_head for r in bumped}
     await conn.execute(
         insert(inbox), [{"user_id": uid, "seq": heads[uid], "message_id": message.id} for uid in member_ids]
     )
-
-    device_rows = (
-        await conn.execute(
-            select(devices.c.id, devices.c.user_id, devices.c.push_token)
-            .where(devices.c.user_id.in_(member_ids))
-            .order_by(devices.c.id)
-        )
-    ).all()
-    signal_to: dict[int, list[int]] = {uid: [] for uid in member_ids}
-    push_to: dict[int, list[int]] = {uid: [] for uid in member_ids}
+    device_rows = await conn.execute(
+        select(devices.c.id, devices.c.user_id, devices.c.push_token)
+        .where(devices.c.user_id.in_(member_ids))
+        .order_by(devices.c.id)
+    )
+    devices_of: dict[int, list[tuple[int, bool]]] = {}
+    jobs = []
     for device in device_rows:
-        if device.id != sender_device_id:
-            signal_to[device.user_id].append(device.id)
-        # The sender's own devices sync through the inbox but are never woken for their own words.
-        if device.user_id != sender_id and device.push_token is not None:
-            push_to[device.user_id].append(device.id)
-
-    jobs = [
-        {
-            "device_id": device_id,
-            "user_id": uid,
-            "seq": heads[uid],
-            "not_before_ms": now_ms + ack_grace_ms,
-            "attempts": 0,
-            "created_at_ms": now_ms,
-        }
-        for uid in member_ids
-        for device_id in push_to[uid]
-    ]
+        pushable = device.push_token is not None
+        devices_of.setdefault(device.user_id, []).append((device.id, pushable))
+        if pushable and device.user_id != fresh.sender_id:
+            jobs.append(
+                {
+                    "device_id": device.id,
+                    "user_id": device.user_id,
+                    "seq": heads[device.user_id],
+                    "not_before_ms": fresh.not_before_ms,
+                    "attempts": 0,
+                    "created_at_ms": fresh.sent_at_ms,
+                }
+            )
     if jobs:
         stmt = dialects.insert(conn, push_jobs)
         stmt = stmt.on_conflict_do_update(
@@ -180,40 +330,7 @@ async def send_message(
             },
         )
         await conn.execute(stmt, jobs)
-
-    recipients = tuple(
-        Recipient(uid, heads[uid], tuple(signal_to[uid]), tuple(push_to[uid])) for uid in member_ids
-    )
-    return SendResult(message=message, created=True, recipients=recipients)
-
-
-async def _bump_heads(conn: AsyncConnection, user_ids: list[int]) -> dict[int, int]:
-    """Add one to each user's inbox head; returns the new heads. Callers pass ids sorted."""
-    if dialects.is_postgres(conn):
-        # Row locks in id order: two senders to overlapping member sets queue instead of deadlocking.
-        # NO KEY UPDATE, not UPDATE: the foreign-key checks of concurrent inserts (a message's
-        # sender, inbox rows) hold KEY SHARE locks on these rows, which FOR UPDATE would wait on
-        # (and deadlock with, found by the overlapping-groups test); FOR NO KEY UPDATE does not.
-        result = await conn.execute(
-            text(
-                "UPDATE users SET inbox_head = inbox_head + 1 WHERE id IN "
-                "(SELECT id FROM users WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE) "
-                "RETURNING id, inbox_head"
-            ),
-            {"ids": user_ids},
-        )
-    else:
-        # SQLite write transactions are serialised by BEGIN IMMEDIATE: no row locks to order.
-        result = await conn.execute(
-            update(users)
-            .where(users.c.id.in_(user_ids))
-            .values(inbox_head=users.c.inbox_head + 1)
-            .returning(users.c.id, users.c.inbox_head)
-        )
-    heads = {row.id: row.inbox_head for row in result}
-    if len(heads) != len(user_ids):
-        raise NotFound("a member's account no longer exists")
-    return heads
+    return message, heads, devices_of
 
 
 async def _find_by_key(conn: AsyncConnection, sender_id: int, key: str) -> Message | None:

@@ -95,14 +95,19 @@ class TokenVerifier:
         exp, iat = payload["exp"], payload["iat"]
         if not isinstance(exp, int) or not isinstance(iat, int):
             raise TokenError("invalid token: exp and iat must be integers")
-        if exp + self._leeway_s < self._clock():
-            raise TokenError("token has expired")
-        return Claims(
+        claims = Claims(
             user_id=_parse_id(payload["sub"], "sub", allow_text=True),
             device_id=_parse_id(payload["did"], "did", allow_text=False),
             issued_at=iat,
             expires_at=exp,
         )
+        self.check_expiry(claims)
+        return claims
+
+    def check_expiry(self, claims: Claims) -> None:
+        """Raise TokenError if the claims have expired by now (for callers that cache verified claims)."""
+        if claims.expires_at + self._leeway_s < self._clock():
+            raise TokenError("token has expired")
 
 
 class TokenSigner:

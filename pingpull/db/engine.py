@@ -5,6 +5,18 @@ asyncio coroutine `fn(conn, *args)` handed over the bridge in ONE crossing: the 
 retries and the connection checkout all happen on the asyncio side. Service code never holds an
 AsyncConnection across trio code, which keeps the bridge cost at one round trip per unit of work.
 
+Connections: at most `pool_size` per process, opened once and kept (no overflow). A pool that may
+open extra connections under load closes them again as soon as the load dips, so a busy process
+opens and closes PostgreSQL sessions all the time (a backend fork and a handshake each: measured
+at ~1.5x the cost per push job, bench/results/push.md). Instead, units of work beyond `pool_size`
+wait their turn on the trio side (a FIFO `trio.CapacityLimiter` as wide as the pool), where waiting
+costs nothing on the asyncio thread, for at most `pool_timeout_s`. The same bound holds for SQLite,
+where every connection is a thread of aiosqlite's.
+
+When the database cannot take the work (no connection within `pool_timeout_s`, the server refuses
+connections: "too many clients", starting up, unreachable; or contention outlasted the retries),
+`DatabaseUnavailable` is raised: callers answer 503 with Retry-After, not 500.
+
 SQLite needs care to behave under concurrent writers: WAL, a busy timeout, foreign keys, and
 `BEGIN IMMEDIATE` for write transactions (a deferred transaction that later upgrades to a write lock
 fails with SQLITE_BUSY instead of waiting). Reads use a plain deferred `BEGIN`, which WAL lets run
@@ -25,10 +37,12 @@ import trio
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from pingpull.aio import AsyncioBridge
+from pingpull.errors import PingpullError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,28 +52,44 @@ log = logging.getLogger("pingpull.db")
 _READ_ONLY = "pingpull_read_only"
 # PostgreSQL SQLSTATEs that mean "nothing happened, run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# PostgreSQL SQLSTATEs that mean "the server cannot take this now": too many connections (53300),
+# out of resources (53000), starting up or shutting down (57P03, 57P01, 57P02), connection failures
+# (08000-08006).
+_UNAVAILABLE_SQLSTATES = frozenset(
+    {"53000", "53300", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"}
+)
 MAX_ATTEMPTS = 5
+# What a client is told to wait before retrying when the database is unavailable.
+RETRY_AFTER_S = 1
 
 Work = Callable[Concatenate[AsyncConnection, P], Coroutine[Any, Any, T]]
+
+
+class DatabaseUnavailable(PingpullError):
+    """The database cannot take this unit of work now; nothing was committed. Retry later (503)."""
+
+    def __init__(self, detail: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 def create_engine(
     url: str, *, pool_size: int = 10, pool_timeout_s: float = 10.0, echo: bool = False
 ) -> AsyncEngine:
-    """An AsyncEngine for `sqlite+aiosqlite` or `postgresql+asyncpg`, tuned for pingpull's workload."""
+    """An AsyncEngine for `sqlite+aiosqlite` or `postgresql+asyncpg`, tuned for pingpull's workload.
+
+    At most `pool_size` connections, kept open (`max_overflow=0`): never more connections, and none
+    opened and closed under load."""
+    pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout_s}
     if url.startswith("sqlite"):
         _ensure_sqlite_parent(url)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        memory = ":memory:" in url or "mode=memory" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")
+        # An in-memory database lives in its one connection (SQLAlchemy's StaticPool): nothing to size.
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, **({} if memory else pool))
         _install_sqlite_hooks(engine)
         return engine
-    return create_async_engine(
-        url,
-        echo=echo,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_timeout=pool_timeout_s,
-        pool_pre_ping=True,
-    )
+    return create_async_engine(url, echo=echo, pool_pre_ping=True, **pool)
 
 
 def _ensure_sqlite_parent(url: str) -> None:
@@ -89,35 +119,85 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors after which the whole transaction may simply run again."""
     if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if sqlstate in _RETRYABLE_SQLSTATES:
+        if _sqlstate(exc) in _RETRYABLE_SQLSTATES:
             return True
         if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
             return True
     return False
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that say the server cannot take work now (refused, full, going away)."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or _sqlstate(exc) in _UNAVAILABLE_SQLSTATES
+    return isinstance(exc, PoolTimeout)
+
+
+def pool_size_of(engine: AsyncEngine) -> int | None:
+    """How many connections the engine's pool holds at most; None when it is not a sized pool."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool) and pool._max_overflow == 0:  # no public accessor
+        return pool.size()
+    return None
+
+
 class Database:
-    """Runs units of database work on the asyncio side of the bridge."""
+    """Runs units of database work on the asyncio side of the bridge, at most pool-size at once."""
 
     def __init__(self, engine: AsyncEngine, bridge: AsyncioBridge) -> None:
         self.engine = engine
         self.bridge = bridge
+        size = pool_size_of(engine)
+        # Work beyond the pool waits here, in FIFO order, instead of on the asyncio side.
+        self._slots = trio.CapacityLimiter(size) if size is not None else None
+        pool = engine.pool
+        self._checkout_timeout_s = pool.timeout() if isinstance(pool, QueuePool) else 30.0
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def connections_in_use(self) -> int:
+        """Units of work holding (or about to take) a pooled connection now."""
+        return int(self._slots.borrowed_tokens) if self._slots is not None else 0
+
     async def transaction(self, work: Work[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `work(conn, ...)` in a write transaction, retrying on deadlock or serialization failure."""
-        return await self.bridge.run(self._in_transaction, work, False, args, kwargs)
+        return await self._run(work, False, args, kwargs)
 
     async def read(self, work: Work[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `work(conn, ...)` in a read transaction (deferred on SQLite, so it runs beside writers)."""
-        return await self.bridge.run(self._in_transaction, work, True, args, kwargs)
+        return await self._run(work, True, args, kwargs)
+
+    async def _run(
+        self,
+        work: Callable[..., Coroutine[Any, Any, T]],
+        read_only: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        if self._slots is None:
+            return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
+        with trio.move_on_after(self._checkout_timeout_s) as waiting:
+            await self._slots.acquire()
+        if waiting.cancelled_caught:
+            raise DatabaseUnavailable(
+                f"all {self._slots.total_tokens} database connections stayed busy "
+                f"for {self._checkout_timeout_s:g} s"
+            )
+        try:
+            return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
+        finally:
+            self._slots.release()
 
     async def _in_transaction(
         self,
@@ -129,14 +209,23 @@ class Database:
         # Runs on the asyncio side.
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.engine.connect() as conn:
+                conn = await self._connect()
+                try:
                     if read_only:
-                        conn = await conn.execution_options(**{_READ_ONLY: True})
+                        await conn.execution_options(**{_READ_ONLY: True})  # in place
                     async with conn.begin():
                         return await work(conn, *args, **kwargs)
+                finally:
+                    await conn.close()
             except DBAPIError as exc:
-                if attempt == MAX_ATTEMPTS or not is_retryable(exc):
+                if is_unavailable(exc):
+                    raise DatabaseUnavailable(f"the database connection failed: {_short(exc)}") from exc
+                if not is_retryable(exc):
                     raise
+                if attempt == MAX_ATTEMPTS:
+                    raise DatabaseUnavailable(
+                        f"the database stayed busy for {MAX_ATTEMPTS} attempts: {_short(exc)}"
+                    ) from exc
                 log.info(
                     "retrying transaction %s after %s (attempt %d)",
                     work.__name__,
@@ -146,8 +235,24 @@ class Database:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
+    async def _connect(self) -> AsyncConnection:
+        """A pooled connection; a refusal or a checkout timeout becomes `DatabaseUnavailable`."""
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"the database refused a connection: {_short(exc)}") from exc
+        except (OSError, TimeoutError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"no database connection: {_short(exc)}") from exc
+        return conn
+
     async def dispose(self) -> None:
         await self.bridge.run(self.engine.dispose)
+
+
+def _short(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}".rstrip(": ")
 
 
 @asynccontextmanager
