@@ -24,6 +24,7 @@ from content_svc.service import run_content
 from pingpull import logs
 from pingpull.aio import AsyncioBridge, open_asyncio_bridge
 from pingpull.bus import Bus, MemoryBus
+from pingpull.bus.heads import database_head_loader
 from pingpull.bus.redis import RedisBus, open_redis_bus
 from pingpull.config import Settings
 from pingpull.db import migrate
@@ -86,13 +87,15 @@ async def open_kernel(settings: Settings, *, with_database: bool = True) -> Asyn
                     echo=settings.database.echo,
                 )
             )
+        # Where the process has the database, heads the bus lacks (after a restart) come from it.
+        loader = database_head_loader(database) if database is not None else None
         bus: Bus
         if settings.redis_url:
             bus = await stack.enter_async_context(
-                open_redis_bus(settings.redis_url, bridge, prefix=settings.redis_prefix)
+                open_redis_bus(settings.redis_url, bridge, prefix=settings.redis_prefix, head_loader=loader)
             )
         else:
-            bus = MemoryBus()
+            bus = MemoryBus(head_loader=loader)
         yield Kernel(settings=settings, bridge=bridge, database=database, bus=bus, keys=keys)
 
 

@@ -270,11 +270,9 @@ class Gateway:
                 await trio.sleep_until(started + offset)
                 link = links[index]
                 if link.closing is None:
-                    head = await self.bus.head(link.user_id)
+                    head = await self.current_head(link.user_id)
                     delay = random.randint(0, settings.goaway_max_delay_ms)
-                    link.goaway(
-                        delay, wire.UNKNOWN_HEAD if head is None else head, settings.max_pending_bytes
-                    )
+                    link.goaway(delay, head, settings.max_pending_bytes)
             if self.open_connections > 0:
                 await self._all_closed.wait()
         logs.event(

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pingpull.bus.base import Bus, Publication, Receiver, ReceiverRegistry, Subscription
 
+if TYPE_CHECKING:
+    from pingpull.bus.heads import HeadLoader
+
 
 class MemoryBus(Bus):
-    def __init__(self) -> None:
+    """Heads live in a dict that starts empty; `head_loader` (the database, in one process) fills in
+    the ones not published since start, so HELLO after a restart carries the real head."""
+
+    def __init__(self, *, head_loader: HeadLoader | None = None) -> None:
         self._registry = ReceiverRegistry()
         self._heads: dict[int, int] = {}
+        self._load = head_loader
 
     async def publish(self, publications: Sequence[Publication]) -> Mapping[int, int]:
         heads = self._heads
@@ -21,7 +29,20 @@ class MemoryBus(Bus):
         return self._registry.deliver_all(publications)
 
     async def head(self, user_id: int) -> int | None:
-        return self._heads.get(user_id)
+        head = self._heads.get(user_id)
+        if head is None and self._load is not None:
+            return (await self.heads([user_id]))[user_id]
+        return head
+
+    async def heads(self, user_ids: Sequence[int]) -> dict[int, int | None]:
+        known = self._heads
+        missing = [user_id for user_id in user_ids if user_id not in known]
+        if missing and self._load is not None:
+            # A publish may land while we wait: remember forward only, never over a newer head.
+            for user_id, head in (await self._load(missing)).items():
+                if head > known.get(user_id, -1):
+                    known[user_id] = head
+        return {user_id: known.get(user_id) for user_id in user_ids}
 
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         return self._registry.add(device_id, receiver)

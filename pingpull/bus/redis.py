@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from redis import asyncio as aioredis
@@ -29,6 +29,9 @@ from redis.exceptions import RedisError
 from pingpull.aio import AsyncioBridge
 from pingpull.bus.base import Bus, BusError, Publication, Receiver, ReceiverRegistry, Subscription
 from pingpull.bus.resp import RespSubscriber
+
+if TYPE_CHECKING:
+    from pingpull.bus.heads import HeadLoader
 
 log = logging.getLogger("pingpull.bus")
 
@@ -62,14 +65,38 @@ end
 return out
 """
 
+# Remember heads read from the database (the fallback), forward only like a publish.
+# KEYS: head keys. ARGV: ttl, then one head per key.
+_REMEMBER_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for k = 1, #KEYS do
+  local head = tonumber(ARGV[k + 1])
+  if head > tonumber(redis.call('GET', KEYS[k]) or '-1') then
+    redis.call('SET', KEYS[k], ARGV[k + 1], 'EX', ttl)
+  end
+end
+return #KEYS
+"""
+
 
 class RedisBus(Bus):
     """Open it with `open_redis_bus`, which builds the redis.asyncio client on the bridge's loop."""
 
-    def __init__(self, url: str, bridge: AsyncioBridge, client: Any, *, prefix: str, head_ttl_s: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        bridge: AsyncioBridge,
+        client: Any,
+        *,
+        prefix: str,
+        head_ttl_s: int,
+        head_loader: HeadLoader | None = None,
+    ) -> None:
         self._bridge = bridge
         self._client = client
         self._script: Any = client.register_script(_PUBLISH_SCRIPT)
+        self._remember: Any = client.register_script(_REMEMBER_SCRIPT)
+        self._load = head_loader
         self._prefix = prefix
         self._head_ttl_s = head_ttl_s
         self._registry = ReceiverRegistry(
@@ -101,6 +128,8 @@ class RedisBus(Bus):
             value = await self._bridge.run(self._client.get, self._head_key(user_id))
         except RedisError as exc:
             raise BusError(f"head lookup failed: {exc}") from exc
+        if value is None and self._load is not None:
+            return (await self._fill([user_id]))[user_id]
         return None if value is None else int(value)
 
     async def heads(self, user_ids: Sequence[int]) -> dict[int, int | None]:
@@ -111,7 +140,24 @@ class RedisBus(Bus):
             values = await self._bridge.run(self._client.mget, [self._head_key(u) for u in user_ids])
         except RedisError as exc:
             raise BusError(f"head lookup failed: {exc}") from exc
-        return {u: None if v is None else int(v) for u, v in zip(user_ids, values, strict=True)}
+        heads = {u: None if v is None else int(v) for u, v in zip(user_ids, values, strict=True)}
+        missing = [u for u, head in heads.items() if head is None]
+        if missing and self._load is not None:
+            heads.update(await self._fill(missing))
+        return heads
+
+    async def _fill(self, user_ids: Sequence[int]) -> dict[int, int | None]:
+        """Heads Redis lost (a restart without persistence), from the database; written back forward
+        only, so the next HELLO is answered by Redis and a concurrent publish is never undone."""
+        assert self._load is not None
+        loaded = await self._load(user_ids)
+        if loaded:
+            keys = [self._head_key(u) for u in loaded]
+            try:
+                await self._bridge.run(self._remember, keys, [self._head_ttl_s, *loaded.values()])
+            except RedisError as exc:
+                log.warning("could not store heads read from the database: %s", exc)
+        return {u: loaded.get(u) for u in user_ids}
 
     def _head_key(self, user_id: int) -> str:
         return HEAD_KEY.format(prefix=self._prefix, user=user_id)
@@ -147,11 +193,16 @@ class RedisBus(Bus):
 
 @asynccontextmanager
 async def open_redis_bus(
-    url: str, bridge: AsyncioBridge, *, prefix: str = "pp", head_ttl_s: int = 30 * 24 * 3600
+    url: str,
+    bridge: AsyncioBridge,
+    *,
+    prefix: str = "pp",
+    head_ttl_s: int = 30 * 24 * 3600,
+    head_loader: HeadLoader | None = None,
 ) -> AsyncIterator[RedisBus]:
     client = await bridge.run(_make_client, url)
     try:
-        yield RedisBus(url, bridge, client, prefix=prefix, head_ttl_s=head_ttl_s)
+        yield RedisBus(url, bridge, client, prefix=prefix, head_ttl_s=head_ttl_s, head_loader=head_loader)
     finally:
         with trio.CancelScope(shield=True):
             await bridge.run(client.aclose)

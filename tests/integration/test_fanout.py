@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pingpull import wire
+from pingpull.bus import MemoryBus, Publication
+from pingpull.bus.heads import database_head_loader
 from pingpull.db.schema import push_jobs
 from tests.support.live import LiveContent
 
@@ -93,3 +96,34 @@ async def test_moving_a_push_token_removes_it_from_the_old_device(live: LiveCont
         return {r.id: r.push_token for r in await conn.execute(select(devices.c.id, devices.c.push_token))}
 
     assert await live.kernel.database.read(tokens) == {p["device_id"]: None, linked["device_id"]: "t" * 40}
+
+
+async def test_a_fresh_bus_reads_heads_it_lacks_from_the_database(live: LiveContent) -> None:
+    """What a restart looks like to the gateway: an empty in-memory bus beside a database with heads."""
+    alice, a = await live.account("alice")
+    _, b = await live.account("bob")
+    _, c = await live.account("carol")
+    conversation = await alice.create_conversation([b["user_id"]])
+    for body in ("one", "two", "three"):
+        await alice.send(conversation["id"], body)
+    loader = database_head_loader(live.kernel.database)
+    fresh = MemoryBus(head_loader=loader)
+    missing_user = 10**12
+    assert await fresh.heads([b["user_id"], c["user_id"], missing_user]) == {
+        b["user_id"]: 3,
+        c["user_id"]: 0,
+        missing_user: None,
+    }
+
+    # A publish landing while the read is in flight wins over what the read returns: forward only.
+    async def racing(user_ids: Sequence[int]) -> Mapping[int, int]:
+        read = await loader(user_ids)
+        await racy.publish([Publication(a["user_id"], 9, wire.encode_new(9, 1), ())])
+        return read
+
+    racy = MemoryBus(head_loader=racing)
+    assert await racy.head(a["user_id"]) == 9
+    assert await fresh.head(a["user_id"]) == 3
+    # Many users at once, more than one query's worth.
+    assert len(await loader([b["user_id"], *range(10**12, 10**12 + 1200)])) == 1
+    assert MemoryBus().frames_delivered == 0 and await MemoryBus().head(b["user_id"]) is None

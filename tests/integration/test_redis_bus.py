@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from trio_websocket import open_websocket_url
 
 from pingpull import wire
 from pingpull.aio import AsyncioBridge
-from pingpull.bus import Publication
+from pingpull.bus import BusError, Publication
 from pingpull.bus.redis import RedisBus, open_redis_bus
 from pingpull.tokens import ensure_keys
 from tests.support.live import LiveContent, live_content, settings_for_test
@@ -115,3 +115,37 @@ async def test_send_succeeds_while_redis_is_down(
     sent = await alice.send(conversation["id"], "committed anyway")  # the bus is a hint; the DB is truth
     head, items = await bob.pull_all(0)
     assert head == 1 and items[0]["message"]["id"] == sent["id"]
+
+
+async def test_heads_redis_lacks_come_from_the_loader_and_are_written_back_forward_only(
+    bridge: AsyncioBridge, redis_url: str, prefix: str
+) -> None:
+    asked: list[list[int]] = []
+    database = {1: 7, 2: 3}  # user 3 does not exist
+
+    async def loader(user_ids: Sequence[int]) -> Mapping[int, int]:
+        asked.append(sorted(user_ids))
+        return {u: database[u] for u in user_ids if u in database}
+
+    async with open_redis_bus(redis_url, bridge, prefix=prefix, head_loader=loader) as bus:
+        # Redis knows user 2 at 9 (newer than the database read will say): Redis wins.
+        await bus.publish([Publication(user_id=2, head=9, frame=wire.encode_new(9, 1), device_ids=())])
+        assert await bus.heads([1, 2, 3]) == {1: 7, 2: 9, 3: None}
+        assert asked == [[1, 3]]
+        assert await bus.head(1) == 7  # written back: Redis answers now
+        assert asked == [[1, 3]]
+        # A write-back never undoes a newer publish.
+        await bus.publish([Publication(user_id=1, head=8, frame=wire.encode_new(8, 2), device_ids=())])
+        database[1] = 6
+        assert await bus.heads([1]) == {1: 8}
+        assert await bus.head(3) is None
+        assert asked == [[1, 3], [3]]
+
+
+async def test_a_failing_loader_is_a_bus_error(bridge: AsyncioBridge, redis_url: str, prefix: str) -> None:
+    async def loader(user_ids: Sequence[int]) -> Mapping[int, int]:
+        raise BusError("database down")
+
+    async with open_redis_bus(redis_url, bridge, prefix=prefix, head_loader=loader) as bus:
+        with pytest.raises(BusError):
+            await bus.head(1)
