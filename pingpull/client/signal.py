@@ -68,8 +68,15 @@ class Backoff:
         self.attempt = 0
 
 
+_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+
+
 @dataclass
 class DeviceSync:
+    """One device's sync loop. `signal_url` is the gateway's base URL: http(s)://host:port (ws:// and
+    wss:// are accepted and mean the same). One HTTP client serves every SSE and long-poll session
+    of `run()` (keep-alive connections are reused across reconnects) and is closed when it returns."""
+
     content: ContentClient
     signal_url: str  # http://host:port of a gateway
     token: str
@@ -79,13 +86,44 @@ class DeviceSync:
     poll_timeout_s: int = 25
     backoff: Backoff = field(default_factory=Backoff)
     # For wss:// / https:// gateways whose certificate the system does not trust (a private CA).
+    # Setting it for a plain http:// or ws:// gateway is a mistake and refused at construction.
     ssl_context: ssl.SSLContext | None = None
+    # The HTTP transport under SSE and long-poll (tests supply one; None: httpx's default).
+    http_transport: httpx.AsyncBaseTransport | None = None
     # Observability for apps and tests: which transport is live, and every frame kind seen.
     transport: str | None = None
     connected: trio.Event = field(default_factory=trio.Event)
     seen_kinds: list[int] = field(default_factory=list)
+    _http: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        scheme, sep, rest = self.signal_url.partition("://")
+        if not sep or scheme.lower() not in _SCHEMES or not rest.strip("/"):
+            raise ClientError(
+                f"signal_url must be http(s)://host:port (or ws(s)://), got {self.signal_url!r}"
+            )
+        self.signal_url = f"{_SCHEMES[scheme.lower()]}://{rest.rstrip('/')}"
+        if self.ssl_context is not None and not self.signal_url.startswith("https://"):
+            raise ClientError(
+                f"ssl_context is set but {self.signal_url!r} is not TLS: use an https:// (or wss://) "
+                "gateway URL, or leave ssl_context unset"
+            )
 
     async def run(self) -> None:
+        """Keep the device in sync until cancelled."""
+        async with httpx.AsyncClient(
+            base_url=self.signal_url,
+            timeout=httpx.Timeout(10),
+            verify=self._verify(),
+            transport=self.http_transport,
+        ) as http:
+            self._http = http
+            try:
+                await self._run()
+            finally:
+                self._http = None
+
+    async def _run(self) -> None:
         index = 0
         while True:
             name = self.transports[index]
@@ -178,12 +216,9 @@ class DeviceSync:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
         if self.cursor:
             headers["Last-Event-ID"] = str(self.cursor)
-        async with (
-            httpx.AsyncClient(
-                base_url=self.signal_url, timeout=httpx.Timeout(10, read=None), verify=self._verify()
-            ) as http,
-            http.stream("GET", "/v1/signal/sse", headers=headers) as response,
-        ):
+        async with self._client().stream(
+            "GET", "/v1/signal/sse", headers=headers, timeout=httpx.Timeout(10, read=None)
+        ) as response:
             if response.status_code == 503:
                 raise Reconnect(_retry_after(response, self.backoff))
             if response.status_code != 200:
@@ -219,25 +254,31 @@ class DeviceSync:
     # --- long-poll ---------------------------------------------------------------------------------
 
     async def _poll(self) -> None:
+        http = self._client()
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = httpx.Timeout(10, read=self.poll_timeout_s + 10)
-        async with httpx.AsyncClient(
-            base_url=self.signal_url, timeout=timeout, headers=headers, verify=self._verify()
-        ) as http:
-            self._ready("poll")
-            await self.sync()  # no HELLO on this transport: start from the cursor
-            while True:
-                response = await http.get(
-                    "/v1/signal/poll", params={"after": self.cursor, "timeout": self.poll_timeout_s}
-                )
-                if response.status_code == 200:
-                    head = response.json().get("head")
-                    self.seen_kinds.append(wire.Kind.NEW)
-                    await self.sync(None if head is None else int(head))
-                elif response.status_code == 503:
-                    raise Reconnect(_retry_after(response, self.backoff))
-                elif response.status_code != 204:
-                    raise TransportRefused(f"HTTP {response.status_code}")
+        self._ready("poll")
+        await self.sync()  # no HELLO on this transport: start from the cursor
+        while True:
+            response = await http.get(
+                "/v1/signal/poll",
+                params={"after": self.cursor, "timeout": self.poll_timeout_s},
+                headers=headers,
+                timeout=timeout,
+            )
+            if response.status_code == 200:
+                head = response.json().get("head")
+                self.seen_kinds.append(wire.Kind.NEW)
+                await self.sync(None if head is None else int(head))
+            elif response.status_code == 503:
+                raise Reconnect(_retry_after(response, self.backoff))
+            elif response.status_code != 204:
+                raise TransportRefused(f"HTTP {response.status_code}")
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise ClientError("SSE and long-poll sessions run inside DeviceSync.run()")
+        return self._http
 
 
 def _retry_after(response: httpx.Response, backoff: Backoff) -> float:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from pingpull.client.content import ContentClient
+from pingpull.client.errors import ClientError
 from pingpull.client.signal import DeviceSync
 from pingpull.tokens import ensure_keys
 from tests.support.live import LiveContent, live_content, settings_for_test
@@ -105,3 +109,89 @@ async def test_goaway_reconnects_and_nothing_is_lost(stack: LiveContent) -> None
         await wait_until(lambda: len(inbox.items) == 4)
         nursery.cancel_scope.cancel()
     assert inbox.bodies() == [f"during drain {i}" for i in range(3)] + ["after"]
+
+
+class _CountingTransport(httpx.MockTransport):
+    """A mock gateway that counts how often a client closes it."""
+
+    def __init__(self, handler: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> None:
+        super().__init__(handler)
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_one_http_client_serves_every_session_and_is_closed_on_exit() -> None:
+    polls: list[httpx.Request] = []
+
+    async def gateway(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/signal/poll"
+        polls.append(request)
+        if len(polls) <= 3:  # three sessions end with "draining, come back at once"
+            return httpx.Response(503, headers={"Retry-After": "0"})
+        await trio.sleep(0.01)
+        return httpx.Response(204)
+
+    async def content_api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"head": 0, "items": []})
+
+    signal_transport = _CountingTransport(gateway)
+    async with httpx.AsyncClient(
+        base_url="http://content", transport=httpx.MockTransport(content_api)
+    ) as http:
+        sync = DeviceSync(
+            ContentClient(http, "tok"),
+            "http://gateway:1",
+            "tok",
+            transports=["poll"],
+            http_transport=signal_transport,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync.run)
+            await wait_until(lambda: len(polls) >= 6)
+            assert signal_transport.closed == 0  # four sessions so far, one client, still open
+            nursery.cancel_scope.cancel()
+    assert signal_transport.closed == 1
+    assert {r.headers["Authorization"] for r in polls} == {"Bearer tok"}
+    assert {r.url.host for r in polls} == {"gateway"}
+
+
+@pytest.mark.parametrize("url", ["http://gw:8080", "ws://gw:8080", "HTTP://gw"])
+def test_a_tls_context_for_a_plain_url_is_refused_at_construction(url: str) -> None:
+    context = ssl.create_default_context()
+    with pytest.raises(ClientError, match="not TLS"):
+        DeviceSync(ContentClient(httpx.AsyncClient()), url, "tok", ssl_context=context)
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [("https://gw:443/", "https://gw:443"), ("wss://gw", "https://gw"), ("ws://gw:1", "http://gw:1")],
+)
+def test_gateway_urls_are_normalised(url: str, normalised: str) -> None:
+    context = ssl.create_default_context() if normalised.startswith("https") else None
+    sync = DeviceSync(ContentClient(httpx.AsyncClient()), url, "tok", ssl_context=context)
+    assert sync.signal_url == normalised
+
+
+@pytest.mark.parametrize("url", ["gw:8080", "ftp://gw", "http://", ""])
+def test_a_malformed_gateway_url_is_refused_at_construction(url: str) -> None:
+    with pytest.raises(ClientError, match="signal_url"):
+        DeviceSync(ContentClient(httpx.AsyncClient()), url, "tok")
+
+
+async def test_a_ws_url_works_for_every_transport(stack: LiveContent) -> None:
+    alice, _ = await stack.account("alice")
+    bob, b = await stack.account("bob")
+    conversation = await alice.create_conversation([b["user_id"]])
+    ws_url = stack.signal_url.replace("http://", "ws://")
+    for transport in ("ws", "sse", "poll"):
+        inbox = Inbox()
+        sync = DeviceSync(bob, ws_url, bob.token or "", on_items=inbox, transports=[transport])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync.run)
+            await wait_until(lambda: sync.transport == transport)  # noqa: B023 - awaited here
+            await alice.send(conversation["id"], f"via {transport}")
+            await wait_until(lambda: f"via {transport}" in inbox.bodies())  # noqa: B023 - awaited here
+            nursery.cancel_scope.cancel()
+        assert inbox.bodies() == [f"via {t}" for t in ("ws", "sse", "poll")[: len(inbox.bodies())]]
