@@ -31,6 +31,7 @@ from content_svc.errors import (
     UnsupportedMediaType,
     problem_body,
 )
+from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
 from content_svc.openapi import PingpullOpenAPI
 from pingpull import logs
 from pingpull.wire import MAX_U64
@@ -53,6 +54,15 @@ class IdConverter(IntegerConverter):
 
 
 class _Request(TrioRequest):
+    def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+        streaming = is_streaming_route(method, path)
+        if streaming:
+            # Upload routes check their own (much larger) limit on the total streamed.
+            kwargs["max_content_length"] = None
+        super().__init__(method, scheme, path, *args, **kwargs)
+        if streaming:
+            self.body = StreamingBody(self.content_length)
+
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {error}")
 
@@ -66,6 +76,7 @@ class _Request(TrioRequest):
 def create_app(ctx: ContentContext) -> QuartTrio:
     app = QuartTrio("pingpull.content")
     app.request_class = _Request
+    app.asgi_http_class = PacedHTTPConnection
     app.config.update(
         MAX_CONTENT_LENGTH=ctx.settings.max_request_body_bytes,
         BODY_TIMEOUT=ctx.settings.request_timeout_s,
@@ -89,9 +100,10 @@ def create_app(ctx: ContentContext) -> QuartTrio:
         openapi_provider_class=PingpullOpenAPI,
     )
 
-    from content_svc.routes import accounts, conversations, inbox, ops
+    from content_svc.routes import accounts, conversations, inbox, media, ops, tus
 
-    for blueprint in (accounts.blueprint, conversations.blueprint, inbox.blueprint, ops.blueprint):
+    blueprints = (accounts, conversations, inbox, media, tus, ops)
+    for blueprint in (module.blueprint for module in blueprints):
         app.register_blueprint(blueprint)
 
     app.before_request(_start_request)
@@ -171,6 +183,11 @@ def _expects_json() -> bool:
 
 
 async def _finish_request(response: Response) -> Response:
+    if request.http_version in ("1.0", "1.1") and not request.body._complete.is_set():
+        # Answered before the body was read (a 413, 429 or 401 on an upload): the unread rest of the body
+        # is still on the wire, so this connection cannot carry another request. Say so, or the client
+        # reuses it and its next request meets a closed socket.
+        response.headers["Connection"] = "close"
     started = g.get("started_at")
     elapsed = time.perf_counter() - started if started is not None else 0.0
     route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
@@ -232,6 +249,7 @@ _HTTP_SLUGS = {
     408: "request-timeout",
     413: "payload-too-large",
     415: "unsupported-media-type",
+    416: "range-not-satisfiable",
 }
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from content_svc.media.blobs import BlobStore
 from pingpull.bus import Bus
-from pingpull.config import ContentSettings
+from pingpull.config import ContentSettings, MediaSettings
 from pingpull.db.engine import Database
 from pingpull.ratelimit import TokenBucketLimiter
 from pingpull.tokens import TokenSigner, TokenVerifier
@@ -51,6 +52,27 @@ class ContentMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.media_bytes_in = Counter(
+            "pingpull_media_received_bytes",
+            "Media bytes received by uploads, by kind (raw, tus).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.media_uploads = Counter(
+            "pingpull_media_uploads",
+            "Uploads that ended, by kind and outcome (stored, failed, checksum_mismatch, ...).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.media_bytes_out = Counter(
+            "pingpull_media_served_bytes", "Media bytes this process sent to clients.", registry=self.registry
+        )
+        self.media_redirects = Counter(
+            "pingpull_media_redirects", "Downloads answered with a presigned URL.", registry=self.registry
+        )
+        self.uploads_reaped = Counter(
+            "pingpull_uploads_reaped", "Expired resumable uploads removed.", registry=self.registry
+        )
         self.rate_limited = Counter(
             "pingpull_rate_limited", "Requests refused by a rate limit.", ["limit"], registry=self.registry
         )
@@ -61,6 +83,27 @@ class Readiness:
     """Mutable on purpose: the composition root flips it when a drain starts."""
 
     draining: bool = False
+
+
+@dataclass
+class MediaContext:
+    """Blob storage and the upload limits; built by the composition root from `media` settings."""
+
+    settings: MediaSettings
+    blobs: BlobStore
+    upload_limiter: TokenBucketLimiter
+    upload_bytes_limiter: TokenBucketLimiter
+
+    @classmethod
+    def build(cls, settings: MediaSettings, blobs: BlobStore) -> MediaContext:
+        return cls(
+            settings=settings,
+            blobs=blobs,
+            upload_limiter=TokenBucketLimiter(settings.upload_rate_per_s, settings.upload_burst),
+            upload_bytes_limiter=TokenBucketLimiter(
+                settings.upload_quota_refill_bytes_per_s, settings.upload_quota_bytes
+            ),
+        )
 
 
 @dataclass
@@ -77,5 +120,7 @@ class ContentContext:
     clock_ms: Callable[[], int] = wall_clock_ms
     # Other services' registries in this process, rendered by this service's /metrics too.
     extra_registries: list[CollectorRegistry] = field(default_factory=list)
+    # None: media routes answer 503 (a content service built without storage, as in some unit tests).
+    media: MediaContext | None = None
     # Called when pushes became due now (a recipient device nobody holds): wakes an in-process worker.
     on_push_due: Callable[[], None] | None = None

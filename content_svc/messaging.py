@@ -28,6 +28,7 @@ from sqlalchemy import Row, delete, exists, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.errors import IdempotencyKeyReused, NotFound, Unprocessable
+from content_svc.media.records import attach_to_conversation
 from pingpull.db import dialects
 from pingpull.db.schema import device_cursors, devices, inbox, members, messages, push_jobs, users
 
@@ -142,6 +143,8 @@ async def send_message(
             raise Unprocessable("a concurrent request with this Idempotency-Key failed; retry")
         return _replay(winner, conversation_id, body, media)
     message, heads, devices_of = written
+    # The sender must own the media; from now on the conversation's members may read it.
+    await attach_to_conversation(conn, sender_id, conversation_id, media)
     recipients = tuple(
         Recipient(
             uid,

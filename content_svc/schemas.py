@@ -154,3 +154,10 @@ class SendHeaders(BaseModel):
     idempotency_key: Annotated[
         str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
     ]
+
+
+class MediaOut(Open):
+    media_id: str = Field(description="Random and unguessable; put it in a message's `media` list.")
+    size: int
+    sha256: str = Field(description="Hex sha-256 of the bytes; the download's strong ETag.")
+    content_type: str

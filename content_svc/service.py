@@ -11,6 +11,7 @@ from hypercorn.trio import serve
 
 from content_svc.app import create_app
 from content_svc.context import ContentContext
+from content_svc.media.reaper import run_upload_reaper
 from pingpull import logs
 from pingpull.tls import TlsFiles
 
@@ -68,12 +69,19 @@ async def run_content(
     app = create_app(ctx)
     config = hypercorn_config(ctx, tls)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(_serve, app, config, shutdown)
+        binds: list[str] = await nursery.start(_serve, app, config, shutdown, nursery.cancel_scope)
+        nursery.start_soon(run_upload_reaper, ctx)
         logs.event(log, "content_listening", urls=",".join(binds))
         task_status.started(binds)
 
 
 async def _serve(
-    app: object, config: HypercornConfig, shutdown: trio.Event, *, task_status: trio.TaskStatus[list[str]]
+    app: object,
+    config: HypercornConfig,
+    shutdown: trio.Event,
+    then_cancel: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]],
 ) -> None:
     await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+    then_cancel.cancel()  # the background loops end with the server

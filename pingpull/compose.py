@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from content_svc.context import ContentContext
+from content_svc.context import ContentContext, MediaContext
+from content_svc.media.blobs import BlobStore, LocalBlobStore
 from content_svc.service import run_content
 from pingpull import logs
 from pingpull.aio import AsyncioBridge, open_asyncio_bridge
@@ -116,7 +117,16 @@ def content_context(kernel: Kernel) -> ContentContext:
         send_limiter=TokenBucketLimiter(settings.content.send_rate_per_s, settings.content.send_burst),
         open_registration=settings.content.registration == "open"
         or (settings.content.registration == "auto" and settings.is_embedded),
+        media=MediaContext.build(settings.media, blob_store(settings)),
     )
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    if settings.media.backend == "s3":
+        from content_svc.media.s3 import S3BlobStore  # boto3 is slow to import; only when used
+
+        return S3BlobStore(settings.media, settings.spool_dir)
+    return LocalBlobStore(settings.media_dir)
 
 
 def gateway(kernel: Kernel) -> Gateway:

@@ -226,6 +226,84 @@ class PushSettings:
         _require(0 <= self.expiry_s <= 28 * 24 * 3600, "push.expiry_s within 0..28 days")
 
 
+MediaBackend = Literal["local", "s3"]
+S3DownloadMode = Literal["redirect", "proxy"]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Blob storage for chat media: uploads (raw and tus), downloads with ranges, limits."""
+
+    # "local": files under `<data_dir>/media` (or `local_dir`); "s3": a bucket via boto3.
+    backend: MediaBackend = "local"
+    local_dir: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "media/"
+    # Empty: AWS's own endpoint for the region; set for MinIO, moto, R2 and friends.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # tus chunks become multipart parts of this size; S3 refuses parts under 5 MiB except the last.
+    s3_part_size_bytes: int = 8 * 1024 * 1024
+    # "redirect": 302 to a presigned GET (a CDN or the bucket moves the bytes); "proxy": stream them.
+    s3_download_mode: S3DownloadMode = "redirect"
+    s3_presign_ttl_s: int = 300
+    # Where S3 parts are spooled before upload (never memory); empty: `<data_dir>/spool`.
+    spool_dir: str = ""
+    max_media_bytes: int = 2 * 1024 * 1024 * 1024
+    # Comma-separated; `type/*` matches a whole family.
+    allowed_content_types: str = (
+        "image/*,video/*,audio/*,application/pdf,application/octet-stream,application/zip,text/plain"
+    )
+    upload_rate_per_s: float = 2.0
+    upload_burst: int = 20
+    # A token bucket over bytes: a user may upload `upload_quota_bytes` at once, refilled at this rate.
+    upload_quota_bytes: int = 4 * 1024 * 1024 * 1024
+    upload_quota_refill_bytes_per_s: float = 4 * 1024 * 1024 * 1024 / 3600
+    # An unfinished tus upload is deleted (S3 multipart aborted) this long after its last change.
+    upload_expiry_s: int = 24 * 3600
+    reap_interval_s: float = 300.0
+    read_chunk_bytes: int = 1024 * 1024
+    max_ranges: int = 16
+    cache_max_age_s: int = 365 * 24 * 3600
+    # boto3 calls in flight at once per process (each holds a worker thread).
+    s3_max_concurrency: int = 32
+
+    @property
+    def content_type_patterns(self) -> tuple[str, ...]:
+        return tuple(t.strip().lower() for t in self.allowed_content_types.split(",") if t.strip())
+
+    def allows_content_type(self, content_type: str) -> bool:
+        wanted = content_type.split(";", 1)[0].strip().lower()
+        family = wanted.split("/", 1)[0] + "/*"
+        return bool(wanted) and any(p in (wanted, family) for p in self.content_type_patterns)
+
+    def __post_init__(self) -> None:
+        _require(self.backend in ("local", "s3"), "media.backend must be local or s3")
+        _require(self.backend != "s3" or bool(self.s3_bucket), "media.s3_bucket is required for s3")
+        _require(
+            5 * 1024 * 1024 <= self.s3_part_size_bytes <= 5 * 1024**3,
+            "media.s3_part_size_bytes must be within 5 MiB..5 GiB (S3's part limits)",
+        )
+        _require(self.s3_download_mode in ("redirect", "proxy"), "media.s3_download_mode: redirect|proxy")
+        _require(1 <= self.s3_presign_ttl_s <= 7 * 24 * 3600, "media.s3_presign_ttl_s within 1..604800")
+        _require(1 <= self.max_media_bytes <= 5 * 1024**4, "media.max_media_bytes within 1..5 TiB")
+        _require(bool(self.content_type_patterns), "media.allowed_content_types must not be empty")
+        _require(self.upload_rate_per_s > 0 and self.upload_burst >= 1, "media upload rate and burst")
+        _require(
+            self.upload_quota_bytes >= self.max_media_bytes,
+            "media.upload_quota_bytes must allow at least one upload of media.max_media_bytes",
+        )
+        _require(self.upload_quota_refill_bytes_per_s > 0, "media.upload_quota_refill_bytes_per_s > 0")
+        _require(60 <= self.upload_expiry_s <= 30 * 24 * 3600, "media.upload_expiry_s within 60s..30 days")
+        _require(1 <= self.reap_interval_s <= 86_400, "media.reap_interval_s within 1..86400")
+        _require(
+            64 * 1024 <= self.read_chunk_bytes <= 16 * 1024 * 1024, "media.read_chunk_bytes 64 KiB..16 MiB"
+        )
+        _require(1 <= self.max_ranges <= 1000, "media.max_ranges within 1..1000")
+        _require(0 <= self.cache_max_age_s <= 10 * 365 * 24 * 3600, "media.cache_max_age_s out of range")
+        _require(1 <= self.s3_max_concurrency <= 1024, "media.s3_max_concurrency within 1..1024")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a pingpull process needs; one immutable value built once at start."""
@@ -246,6 +324,7 @@ class Settings:
     content: ContentSettings = field(default_factory=ContentSettings)
     signal: SignalSettings = field(default_factory=SignalSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     def __post_init__(self) -> None:
         _require(self.log_format in ("text", "json"), "log_format must be text or json")
@@ -281,6 +360,14 @@ class Settings:
     @property
     def tls_files(self) -> TlsFiles | None:
         return TlsFiles(Path(self.tls_cert), Path(self.tls_key)) if self.tls_cert else None
+
+    @property
+    def media_dir(self) -> Path:
+        return Path(self.media.local_dir) if self.media.local_dir else Path(self.data_dir) / "media"
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.media.spool_dir) if self.media.spool_dir else Path(self.data_dir) / "spool"
 
     @property
     def keys_dir(self) -> Path:

@@ -19,7 +19,8 @@ class _Bucket:
 
 
 class TokenBucketLimiter:
-    """`rate_per_s` tokens per second, at most `burst` saved up, one token per action."""
+    """`rate_per_s` tokens per second, at most `burst` saved up; an action costs one token unless
+    told otherwise (a byte quota charges its size)."""
 
     def __init__(
         self,
@@ -39,8 +40,11 @@ class TokenBucketLimiter:
         self._max_keys = max_keys
         self._buckets: dict[int, _Bucket] = {}
 
-    def try_acquire(self, key: int) -> float:
-        """Take a token for `key`. Returns 0.0 on success, else the seconds until one is available."""
+    def try_acquire(self, key: int, cost: float = 1.0) -> float:
+        """Take `cost` tokens for `key` (at most `burst`). Returns 0.0 on success, else the seconds
+        until that many are available."""
+        if not 0 < cost <= self._burst:
+            raise ValueError("cost must be positive and at most the burst")
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -52,10 +56,10 @@ class TokenBucketLimiter:
             elapsed = max(0.0, now - bucket.updated_at)
             bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
             bucket.updated_at = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
             return 0.0
-        return (1.0 - bucket.tokens) / self._rate
+        return (cost - bucket.tokens) / self._rate
 
     def _forget_full_buckets(self, now: float) -> None:
         # A bucket that has refilled completely carries no information: dropping it changes nothing.

@@ -146,3 +146,52 @@ push_jobs = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Index(None, "not_before_ms"),
 )
+
+# --- media -------------------------------------------------------------------------------------------
+# A `media` row exists only for a complete object whose size and sha256 were checked; the id is random
+# (unguessable) and is also the object's key suffix in the blob store.
+media = Table(
+    "media",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Index(None, "owner_id"),
+    CheckConstraint("size >= 0", name="size_non_negative"),
+)
+
+# Which conversations a media object was sent to: members of those may read it.
+message_media = Table(
+    "message_media",
+    metadata,
+    Column("media_id", String(64), ForeignKey("media.id", ondelete="CASCADE"), primary_key=True),
+    Column("conversation_id", Id, ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+)
+
+# A resumable (tus) upload in progress. `received_bytes` is the tus Upload-Offset. A PATCH holds the
+# row's lock (`lock_id` until `locked_until_ms`) so two requests never append to one upload at once.
+# On S3, bytes that do not yet fill a multipart part wait in a "tail" object of `tail_bytes`.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Column("received_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("content_type", String(255), nullable=False),
+    Column("metadata", Text, nullable=False, server_default=""),
+    Column("s3_upload_id", String(1024), nullable=True),
+    # JSON [[part_number, etag], ...]
+    Column("s3_parts", Text, nullable=False, server_default="[]"),
+    Column("tail_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("lock_id", String(32), nullable=True),
+    Column("locked_until_ms", BigInteger, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Index(None, "expires_at_ms"),
+    Index(None, "owner_id"),
+    CheckConstraint("received_bytes >= 0 AND received_bytes <= length", name="received_within_length"),
+)

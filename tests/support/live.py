@@ -43,6 +43,7 @@ def settings_for_test(
     data_dir: Path,
     signal: dict[str, Any] | None = None,
     redis: tuple[str, str] | None = None,
+    media: dict[str, Any] | None = None,
     **content: Any,
 ) -> Settings:
     """Settings on a free port; `redis` is (url, key prefix) for the Redis bus."""
@@ -55,6 +56,7 @@ def settings_for_test(
             **redis_settings,
             "content": {"port": 0, "registration": "open", **content},
             "signal": {"port": 0, **signal},
+            **({"media": media} if media else {}),
         }
     )
 

@@ -284,3 +284,23 @@ def test_non_positive_max_keys_raises_value_error(max_keys: int) -> None:
     for key in range(5):
         lim.try_acquire(key)
     pytest.fail(f"BUG: max_keys={max_keys} was accepted; the limiter then tracked {tracked(lim)} keys")
+
+
+# --- weighted actions (the media byte quota) ----------------------------------------------------------
+
+
+def test_a_cost_takes_that_many_tokens_and_waits_for_the_shortfall() -> None:
+    clock = FakeClock()
+    lim = limiter(4.0, 16, clock)
+    assert lim.try_acquire(1, cost=12) == 0.0
+    assert lim.try_acquire(1, cost=8) == 1.0  # 4 left, 4 short at 4/s
+    assert lim.try_acquire(1, cost=4) == 0.0  # the refusal took nothing
+    clock.advance(4.0)
+    assert lim.try_acquire(1, cost=16) == 0.0
+
+
+@pytest.mark.parametrize("cost", [0, -1, 17, math.nan])
+def test_a_cost_outside_one_burst_is_refused(cost: float) -> None:
+    lim = limiter(4.0, 16, FakeClock())
+    with pytest.raises(ValueError, match="cost"):
+        lim.try_acquire(1, cost=cost)
