@@ -149,3 +149,12 @@ async def test_a_failing_loader_is_a_bus_error(bridge: AsyncioBridge, redis_url:
     async with open_redis_bus(redis_url, bridge, prefix=prefix, head_loader=loader) as bus:
         with pytest.raises(BusError):
             await bus.head(1)
+
+
+async def test_messages_are_routed_by_the_device_in_the_channel_name(bus: RedisBus, prefix: str) -> None:
+    got: list[bytes] = []
+    bus.subscribe(12, got.append)
+    for channel in (f"{prefix}:d:x", f"{prefix}:d:", "other:d:12", f"{prefix}:u:12"):
+        bus._on_message(channel.encode(), b"nope")
+    bus._on_message(f"{prefix}:d:12".encode(), b"yes")
+    assert got == [b"yes"]
