@@ -308,6 +308,9 @@ async def _in_thread(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
 def _open_at(path: Path, offset: int) -> IO[bytes]:
     """Open an upload file for appending at the recorded offset; bytes past it (written by a request
     that died before recording them) are dropped, because the database's offset is the truth."""
+    if not path.exists() and offset > 0:
+        # Creating it would fill the recorded offset with zeros: refuse, the upload's bytes are gone.
+        raise StorageUnavailable(f"the bytes of upload {path.name} are missing")
     handle = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 - closed by the sink
     handle.truncate(offset)
     handle.seek(offset)

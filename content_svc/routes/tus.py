@@ -10,6 +10,7 @@ a `media` row with the upload's id is written: the id in the Location header is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 
@@ -132,9 +133,12 @@ async def status(upload_id: str) -> Response:
     """The upload's offset (where to resume), length and metadata."""
     _require_tus_version()
     ctx = context()
-    media_context()
+    media = media_context()
     who = await principal()
     record = await ctx.database.read(records.get_upload, who.user_id, _checked_id(upload_id), ctx.clock_ms())
+    if not record.complete and record.state.received_bytes == record.state.length:
+        with contextlib.suppress(records.UploadBusy, records.OffsetMismatch):
+            await _append(ctx, media, who.user_id, upload_id, record.state.length)
     headers = {
         "Upload-Offset": str(record.state.received_bytes),
         "Upload-Length": str(record.state.length),
@@ -218,6 +222,15 @@ async def _append(
     if request.content_length is not None and request.content_length > remaining:
         await _release(ctx, upload_id, lock_id)
         raise PayloadTooLarge(f"the upload has {remaining} bytes left, the body has {request.content_length}")
+    if remaining == 0:
+        # Every byte was recorded but the object was not published: the request that recorded the last
+        # byte died. Publishing is idempotent, so this request (or a HEAD) finishes the job.
+        try:
+            await _recover_full_upload(ctx, media, record, lock_id)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _release(ctx, upload_id, lock_id)
+        return state
     sink = await media.blobs.resume_upload(state)
     keep = False
     try:
@@ -284,11 +297,30 @@ async def _finish_request(
         if not saved:
             raise records.UploadBusy("this request lost the upload's lock; HEAD it and resume")
         if complete:
-            await sink.complete()
-            await _publish(ctx, media, record, state, lock_id)
+            try:
+                await sink.complete()
+                await _publish(ctx, media, record, state, lock_id)
+            except BaseException:
+                # Every byte is recorded: the next PATCH or HEAD publishes it (a crashed process's lock
+                # expires instead).
+                await _release(ctx, record.state.upload_id, lock_id)
+                raise
         return state
     finally:
         await sink.close()
+
+
+async def _recover_full_upload(
+    ctx: ContentContext, media: MediaContext, record: records.UploadRecord, lock_id: str
+) -> None:
+    state = record.state
+    if await media.blobs.size_of(state.upload_id) != state.length:
+        sink = await media.blobs.resume_upload(state)
+        try:
+            await sink.complete()
+        finally:
+            await sink.close()
+    await _publish(ctx, media, record, state, lock_id)
 
 
 async def _publish(

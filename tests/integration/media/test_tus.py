@@ -341,3 +341,49 @@ async def test_the_s3_part_size_setting_is_honoured(
         assert (await patch(server, token, url, 7 * MIB, data[7 * MIB :])).status_code == 204
         got = await download(server, token, url.rsplit("/", 1)[1])
         assert got.content == data
+
+
+@pytest.mark.parametrize("dies", ["before_publishing_the_object", "before_writing_the_media_row"])
+async def test_an_upload_whose_last_request_died_is_finished_by_the_next_one(
+    media_live: LiveContent, monkeypatch: pytest.MonkeyPatch, dies: str
+) -> None:
+    """The last byte was recorded, then the process died: the next HEAD (or PATCH) publishes it."""
+    from content_svc.media.errors import StorageUnavailable
+    from content_svc.routes import tus as tus_routes
+
+    token, _ = await account(media_live, "ana")
+    data = os.urandom(6 * MIB + 3)
+    url = (await create(media_live, token, len(data))).headers["Location"]
+    media = media_live.context.media
+    assert media is not None
+    real_resume, real_publish = media.blobs.resume_upload, tus_routes._publish
+
+    async def resume_then_die(state: Any) -> Any:
+        sink = await real_resume(state)
+
+        async def die() -> None:
+            raise StorageUnavailable("simulated crash")
+
+        sink.complete = die  # type: ignore[method-assign]
+        return sink
+
+    async def die_before_the_row(*args: Any) -> None:
+        raise StorageUnavailable("simulated crash")
+
+    if dies == "before_publishing_the_object":
+        monkeypatch.setattr(media.blobs, "resume_upload", resume_then_die)
+    else:
+        monkeypatch.setattr(tus_routes, "_publish", die_before_the_row)
+    assert (await patch(media_live, token, url, 0, data)).status_code == 503
+    media_id = url.rsplit("/", 1)[1]
+    assert (await download(media_live, token, media_id)).status_code == 404  # no row yet
+    monkeypatch.setattr(media.blobs, "resume_upload", real_resume)
+    monkeypatch.setattr(tus_routes, "_publish", real_publish)
+
+    status = await head(media_live, token, url)
+    assert status.headers["Upload-Offset"] == str(len(data))
+    got = await download(media_live, token, media_id)
+    assert got.status_code == 200
+    assert hashlib.sha256(got.content).digest() == hashlib.sha256(data).digest()
+    again = await patch(media_live, token, url, len(data), b"")
+    assert again.status_code == 409  # complete now: nothing more to append
