@@ -183,10 +183,11 @@ def _expects_json() -> bool:
 
 
 async def _finish_request(response: Response) -> Response:
-    if request.http_version in ("1.0", "1.1") and not request.body._complete.is_set():
-        # Answered before the body was read (a 413, 429 or 401 on an upload): the unread rest of the body
-        # is still on the wire, so this connection cannot carry another request. Say so, or the client
-        # reuses it and its next request meets a closed socket.
+    body = request.body
+    if isinstance(body, StreamingBody) and request.http_version in ("1.0", "1.1") and not body.complete:
+        # An upload answered before its body was read (a 413, 429 or 401): hypercorn closes such a
+        # connection rather than read up to 2 GiB it does not want. Say so, or the client reuses it and
+        # its next request meets a closed socket. (Small bodies of other routes are read and dropped.)
         response.headers["Connection"] = "close"
     started = g.get("started_at")
     elapsed = time.perf_counter() - started if started is not None else 0.0

@@ -52,6 +52,11 @@ class StreamingBody(TrioBody):
         self._room.set()
         return data
 
+    @property
+    def complete(self) -> bool:
+        """The whole body arrived (it may not have been read by the handler yet)."""
+        return self._complete.is_set()
+
     async def wait_for_room(self) -> None:
         while len(self._data) >= HIGH_WATER_BYTES:
             await self._room.wait()

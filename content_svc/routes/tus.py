@@ -16,6 +16,7 @@ import secrets
 
 import trio
 from quart import Blueprint, Response, current_app, request
+from quart_schema import security_scheme
 
 from content_svc.app import context, principal
 from content_svc.context import ContentContext, MediaContext
@@ -24,6 +25,7 @@ from content_svc.media import records, tus
 from content_svc.media.blobs import UploadSink, UploadState
 from content_svc.media.errors import ChecksumMismatch, StorageUnavailable, TusVersionUnsupported
 from content_svc.media.streaming import iter_body
+from content_svc.openapi import answers_without_body
 from content_svc.routes.media import (
     charge_upload,
     checked_content_type,
@@ -58,10 +60,13 @@ def _bad(exc: tus.TusProtocolError) -> InvalidRequest:
 
 def _empty(status: int, headers: dict[str, str]) -> Response:
     response: Response = current_app.response_class(b"", status=status, headers=headers)
+    del response.headers["Content-Type"]  # there is no body to describe
     return response
 
 
 @blueprint.route("/v1/uploads", methods=["OPTIONS"], provide_automatic_options=False)
+@security_scheme([])
+@answers_without_body(204)
 async def discover() -> Response:
     """tus discovery: version, extensions, the size limit and checksum algorithms (no auth)."""
     media = media_context()
@@ -77,6 +82,7 @@ async def discover() -> Response:
 
 
 @blueprint.post("/v1/uploads")
+@answers_without_body(201)
 async def create() -> Response:
     """tus creation (and creation-with-upload): `Upload-Length` and `Upload-Metadata` (`filetype`
     names the media type) -> 201 with `Location`; a body of `application/offset+octet-stream` is the
@@ -129,6 +135,7 @@ async def create() -> Response:
 
 
 @blueprint.route("/v1/uploads/<upload_id>", methods=["HEAD"])
+@answers_without_body(200)
 async def status(upload_id: str) -> Response:
     """The upload's offset (where to resume), length and metadata."""
     _require_tus_version()
@@ -152,6 +159,7 @@ async def status(upload_id: str) -> Response:
 
 
 @blueprint.route("/v1/uploads/<upload_id>", methods=["PATCH"])
+@answers_without_body(204)
 async def append(upload_id: str) -> Response:
     """Append the body at `Upload-Offset` (409 if that is not the server's offset). An
     `Upload-Checksum` is checked on the whole chunk (460 and nothing kept when it differs)."""
@@ -176,6 +184,7 @@ async def append(upload_id: str) -> Response:
 
 
 @blueprint.delete("/v1/uploads/<upload_id>")
+@answers_without_body(204)
 async def terminate(upload_id: str) -> Response:
     """tus termination: the upload and its bytes are gone; later requests get 404."""
     _require_tus_version()

@@ -316,7 +316,10 @@ def _register_hooks(world: dict[str, Any]) -> None:
     def bad_tokens_rejected(ctx: Any, response: Any, case: Any) -> bool | None:
         """No token, a forged one or garbage never gets a success, except where no token is needed."""
         who = (response.request.headers.get(IDENTITY_HEADER) or "alice").strip()
-        open_route = case.operation.path == "/v1/accounts"
+        # Registration, and tus discovery (OPTIONS is a CORS preflight: it never carries credentials).
+        open_route = case.operation.path == "/v1/accounts" or (
+            case.operation.path == "/v1/uploads" and case.method.upper() == "OPTIONS"
+        )
         if who in BAD_IDENTITIES and not open_route:
             assert response.status_code >= 400, f"acting as {who!r} got {response.status_code}"
         return None
