@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, delete, exists, insert, select, text, update
+from sqlalchemy import Row, and_, delete, exists, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.errors import IdempotencyKeyReused, NotFound, Unprocessable
@@ -390,20 +390,60 @@ async def history(
 async def pull_inbox(
     conn: AsyncConnection, user_id: int, after: int, limit: int
 ) -> tuple[int, list[tuple[int, Message]]]:
-    """The user's head and up to `limit` inbox entries with seq > after, in seq order."""
-    head = (await conn.execute(select(users.c.inbox_head).where(users.c.id == user_id))).scalar_one()
-    rows = await conn.execute(
-        select(inbox.c.seq, *_MESSAGE_COLUMNS)
-        .join(messages, messages.c.id == inbox.c.message_id)
-        .where(inbox.c.user_id == user_id, inbox.c.seq > after)
-        .order_by(inbox.c.seq)
-        .limit(limit)
+    """The user's head and up to `limit` inbox entries with seq > after, in seq order.
+
+    One statement, so head and entries come from one snapshot: the user's row outer-joined to the
+    entries, which gives one row of NULL entry columns when there is nothing new (an empty poll)."""
+    entries = inbox.join(messages, messages.c.id == inbox.c.message_id)
+    rows = (
+        await conn.execute(
+            select(users.c.inbox_head, inbox.c.seq, *_MESSAGE_COLUMNS)
+            .select_from(users.outerjoin(entries, and_(inbox.c.user_id == users.c.id, inbox.c.seq > after)))
+            .where(users.c.id == user_id)
+            .order_by(inbox.c.seq)
+            .limit(limit)
+        )
+    ).all()
+    if not rows:
+        raise NotFound("no such user")
+    return int(rows[0].inbox_head), [(r.seq, _message(r)) for r in rows if r.seq is not None]
+
+
+# PostgreSQL: the ack in one statement. `moved` writes the cursor only when seq <= head; `dropped`
+# deletes the device's push job only if the cursor was written.
+_ACK_POSTGRES = text(
+    """
+    WITH head AS (
+        SELECT inbox_head FROM users WHERE id = :user_id
+    ), moved AS (
+        INSERT INTO device_cursors (device_id, acked_seq, updated_at_ms)
+        SELECT CAST(:device_id AS BIGINT), CAST(:seq AS BIGINT), CAST(:now_ms AS BIGINT)
+        FROM head WHERE CAST(:seq AS BIGINT) <= head.inbox_head
+        ON CONFLICT (device_id) DO UPDATE SET
+            acked_seq = GREATEST(device_cursors.acked_seq, excluded.acked_seq),
+            updated_at_ms = excluded.updated_at_ms
+        RETURNING acked_seq
+    ), dropped AS (
+        DELETE FROM push_jobs
+        WHERE device_id = :device_id AND seq <= :seq AND EXISTS (SELECT 1 FROM moved)
     )
-    return head, [(r.seq, _message(r)) for r in rows]
+    SELECT head.inbox_head AS head, moved.acked_seq AS cursor FROM head LEFT JOIN moved ON true
+    """
+)
 
 
 async def ack(conn: AsyncConnection, user_id: int, device_id: int, seq: int, now_ms: int) -> int:
-    """Move the device's cursor forward to `seq` (never back); returns the cursor after the ack."""
+    """Move the device's cursor forward to `seq` (never back); returns the cursor after the ack.
+    The device has everything its pending push would have announced: the wake-up is dropped."""
+    if dialects.is_postgres(conn):
+        row = (
+            await conn.execute(
+                _ACK_POSTGRES, {"user_id": user_id, "device_id": device_id, "seq": seq, "now_ms": now_ms}
+            )
+        ).one()
+        if row.cursor is None:
+            raise Unprocessable(f"cannot acknowledge seq {seq}: the inbox head is {row.head}", head=row.head)
+        return int(row.cursor)
     head = (await conn.execute(select(users.c.inbox_head).where(users.c.id == user_id))).scalar_one()
     if seq > head:
         raise Unprocessable(f"cannot acknowledge seq {seq}: the inbox head is {head}", head=head)
@@ -417,10 +457,6 @@ async def ack(conn: AsyncConnection, user_id: int, device_id: int, seq: int, now
             "updated_at_ms": stmt.excluded.updated_at_ms,
         },
     )
-    await conn.execute(stmt)
-    # The device has everything its pending push would have announced: drop the wake-up.
+    cursor: int = (await conn.execute(stmt.returning(device_cursors.c.acked_seq))).scalar_one()
     await conn.execute(delete(push_jobs).where(push_jobs.c.device_id == device_id, push_jobs.c.seq <= seq))
-    cursor: int = (
-        await conn.execute(select(device_cursors.c.acked_seq).where(device_cursors.c.device_id == device_id))
-    ).scalar_one()
     return cursor

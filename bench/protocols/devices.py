@@ -110,6 +110,7 @@ def http_client(device: Device, http2: bool = False) -> httpx.AsyncClient:
 
 async def run_sdk(fleet: Fleet, device: Device, transport: str) -> None:
     """The SDK's DeviceSync on one transport; restarted if it ever gives up."""
+    tls = device.signal_url.startswith(("https://", "wss://"))
     async with http_client(device) as http:
         while True:
             sync = DeviceSync(
@@ -119,9 +120,11 @@ async def run_sdk(fleet: Fleet, device: Device, transport: str) -> None:
                 transports=(transport,),
                 on_items=device.on_items,
                 cursor=device.received[-1][1] if device.received else 0,
-                # For the SDK's own SSE and long-poll clients (see SHARED_TLS). Not for "ws": trio-websocket
-                # refuses any SSL context with a ws:// URL (ValueError).
-                ssl_context=None if transport == "ws" else SHARED_TLS,
+                # The SDK's own client for SSE and long-poll gets a transport on SHARED_TLS (building
+                # an SSL context per device would cost ~18 ms of CPU each); an SSL context itself is
+                # refused with a plain http:// gateway URL.
+                ssl_context=SHARED_TLS if tls else None,
+                http_transport=None if tls else httpx.AsyncHTTPTransport(verify=SHARED_TLS),
             )
             first_connection = sync.connected
             try:

@@ -89,7 +89,9 @@ def create_engine(
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, **({} if memory else pool))
         _install_sqlite_hooks(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_pre_ping=True, **pool)
+    # No pool_pre_ping: it costs three round trips per checkout with asyncpg; a connection found dead
+    # is replaced and the work retried instead (`Database._in_transaction`).
+    return create_async_engine(url, echo=echo, **pool)
 
 
 def _ensure_sqlite_parent(url: str) -> None:
@@ -160,6 +162,12 @@ class Database:
         self._slots = trio.CapacityLimiter(size) if size is not None else None
         pool = engine.pool
         self._checkout_timeout_s = pool.timeout() if isinstance(pool, QueuePool) else 30.0
+        # Reads on PostgreSQL run without BEGIN/COMMIT (two round trips fewer): at READ COMMITTED every
+        # statement takes its own snapshot whether or not it is inside a transaction block, and a read
+        # takes no locks, so nothing changes but the cost. SQLite reads keep their deferred BEGIN.
+        self._read_options: dict[str, Any] = {_READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            self._read_options["isolation_level"] = "AUTOCOMMIT"
 
     @property
     def dialect(self) -> str:
@@ -208,16 +216,23 @@ class Database:
     ) -> T:
         # Runs on the asyncio side.
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            conn = await self._connect()
+            committing = False
             try:
-                conn = await self._connect()
-                try:
-                    if read_only:
-                        await conn.execution_options(**{_READ_ONLY: True})  # in place
-                    async with conn.begin():
-                        return await work(conn, *args, **kwargs)
-                finally:
-                    await conn.close()
+                if read_only:
+                    await conn.execution_options(**self._read_options)  # in place
+                async with conn.begin():
+                    result = await work(conn, *args, **kwargs)
+                    committing = True  # leaving the block commits
+                return result
             except DBAPIError as exc:
+                if exc.connection_invalidated and not committing and attempt < MAX_ATTEMPTS:
+                    # A pooled connection the server had closed (a restart, an idle timeout): nothing
+                    # was committed, so run the work again on a new connection. SQLAlchemy has
+                    # invalidated every connection as old as this one. This replaces pool_pre_ping,
+                    # which cost three round trips (BEGIN, ";", ROLLBACK) per checkout.
+                    log.info("retrying transaction %s on a new connection: %s", work.__name__, _short(exc))
+                    continue
                 if is_unavailable(exc):
                     raise DatabaseUnavailable(f"the database connection failed: {_short(exc)}") from exc
                 if not is_retryable(exc):
@@ -233,6 +248,8 @@ class Database:
                     attempt,
                 )
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+            finally:
+                await conn.close()
         raise AssertionError("unreachable")
 
     async def _connect(self) -> AsyncConnection:

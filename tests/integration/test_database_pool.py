@@ -318,3 +318,29 @@ async def _stored_sent_at(conn: AsyncConnection, message_id: int) -> int:
 
 async def _head_of(conn: AsyncConnection, user_id: int) -> int:
     return int((await conn.execute(select(users.c.inbox_head).where(users.c.id == user_id))).scalar_one())
+
+
+# --- a connection the server closed is replaced, the work retried ---------------------------------
+
+
+async def test_work_survives_the_server_closing_every_pooled_connection(
+    postgres_url: str, bridge: AsyncioBridge
+) -> None:
+    """What pool_pre_ping used to do (at three round trips per checkout): after a restart or an idle
+    timeout has closed the pooled connections, the next unit of work runs on a new connection."""
+    async with open_database(postgres_url, bridge, pool_size=2) as database:
+        watch = PoolWatch(database)
+
+        async def both() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(database.read, _slow_read)
+
+        await both()
+        assert watch.connects == 2
+        name = postgres_url.rsplit("/", 1)[1]
+        pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        assert await database.read(_slow_read) == 1
+        assert await database.transaction(_slow_read) == 1
+        await both()
+        assert 3 <= watch.connects <= 4  # the two dead ones replaced, nothing else
