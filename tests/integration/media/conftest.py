@@ -14,8 +14,6 @@ from pingpull.tokens import ensure_keys
 from tests.support.live import LiveContent, live_content, settings_for_test
 from tests.support.s3_server import MotoServer, set_test_credentials
 
-STORAGES = ("local", "s3")
-
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
@@ -26,9 +24,32 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server.stop()
 
 
-@pytest.fixture(params=STORAGES)
-def storage(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Each blob store with each database would be four runs of a long suite; the pairs below run the whole
+# suite on both stores and on both databases (the stores never touch the database, nor it them).
+PAIRS = (("sqlite", "local"), ("postgres", "s3"))
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(pair) for pair in PAIRS])
+def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
+    database, storage = request.param
+    return str(database), str(storage)
+
+
+@pytest.fixture
+def storage(backends: tuple[str, str]) -> str:
+    return backends[1]
+
+
+@pytest.fixture
+def database_url(backends: tuple[str, str], request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Overrides the top-level fixture: the database of this pair."""
+    if backends[0] == "sqlite":
+        from tests.support.services import SqliteTemplate
+
+        template: SqliteTemplate = request.getfixturevalue("sqlite_template")
+        return template.fresh_copy(tmp_path)
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

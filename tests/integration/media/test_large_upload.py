@@ -29,7 +29,6 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_200_mib_upload_keeps_memory_flat(media_live: LiveContent) -> None:
     token, _ = await account(media_live, "ana")
     block = os.urandom(MIB)
