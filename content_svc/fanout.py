@@ -47,4 +47,6 @@ async def announce(ctx: ContentContext, result: SendResult) -> None:
     if unreached:
         await ctx.database.transaction(messaging.make_pushes_due, unreached, ctx.clock_ms())
         if ctx.on_push_due is not None:
-            ctx.on_push_due()
+            ctx.on_push_due()  # a worker in this process
+        else:
+            await ctx.bus.wake_push_workers()  # workers in other processes (Redis: one PUBLISH)

@@ -161,11 +161,15 @@ async def serve(
     ):
         urls: dict[str, list[str]] = {}
         context: ContentContext | None = None
-        if "signal" in runnable and isinstance(kernel.bus, RedisBus):
-            await background.start(kernel.bus.subscriber.run)
         worker: PushWorker | None = None
         if "push" in runnable:
             worker = await push_worker(kernel, background_stack)
+        listens_for_wakes = worker is not None and "content" not in runnable
+        if listens_for_wakes and worker is not None:
+            # A push bridge on its own is woken by content services in other processes (Redis).
+            kernel.bus.on_push_wake(worker.wake)
+        if ("signal" in runnable or listens_for_wakes) and isinstance(kernel.bus, RedisBus):
+            await background.start(kernel.bus.subscriber.run)
         async with trio.open_nursery() as running:
             # Each service returns by itself once `shutdown` is set and it has drained.
             if worker is not None:

@@ -70,6 +70,23 @@ class Bus(abc.ABC):
     def subscribe(self, device_id: int, receiver: Receiver) -> Subscription:
         """Call `receiver(frame)` for every frame published to `device_id` until cancelled."""
 
+    async def wake_push_workers(self) -> None:
+        """Tell push workers in every process that jobs became due now (best effort: a lost wake-up
+        costs one poll interval). Registered handlers of this process are called too."""
+        for handler in self._push_wake_handlers():
+            handler()
+
+    def on_push_wake(self, handler: Callable[[], None]) -> None:
+        """Call `handler` whenever any process calls `wake_push_workers` (a push worker's wake)."""
+        self._push_wake_handlers().append(handler)
+
+    def _push_wake_handlers(self) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] | None = getattr(self, "_wake_handlers", None)
+        if handlers is None:
+            handlers = []
+            self._wake_handlers = handlers
+        return handlers
+
 
 class ReceiverRegistry:
     """Receivers per device, shared by the bus implementations.

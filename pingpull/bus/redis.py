@@ -39,6 +39,7 @@ log = logging.getLogger("pingpull.bus")
 # can share one Redis: pub/sub channels are global, not per database.
 HEAD_KEY = "{prefix}:head:{user}"
 DEVICE_CHANNEL = "{prefix}:d:{device}"
+PUSH_WAKE_CHANNEL = "{prefix}:push:wake"
 
 # KEYS: one head key per publication. ARGV: ttl, then per publication: head, frame, n, n channels.
 # Heads are compared as Lua numbers (doubles): exact up to 2**53 seqs per user, far beyond any inbox.
@@ -105,6 +106,7 @@ class RedisBus(Bus):
         )
         self._resync: Callable[[], None] | None = None
         self._channel_prefix = DEVICE_CHANNEL.format(prefix=prefix, device="").encode()
+        self._wake_channel = PUSH_WAKE_CHANNEL.format(prefix=prefix).encode()
         self.subscriber = RespSubscriber(url, self._on_message, on_connected=self._on_connected)
 
     # --- publishing ------------------------------------------------------------------------------
@@ -179,10 +181,28 @@ class RedisBus(Bus):
         """Called after the subscriber reconnected and resubscribed everything (not on first connect)."""
         self._resync = handler
 
+    async def wake_push_workers(self) -> None:
+        """One PUBLISH that every push worker subscribed to the wake channel hears."""
+        await super().wake_push_workers()
+        try:
+            await self._bridge.run(self._client.publish, self._wake_channel.decode(), b"1")
+        except RedisError as exc:  # best effort: the workers' poll picks the jobs up anyway
+            log.warning("push wake-up not published: %s", exc)
+
+    def on_push_wake(self, handler: Callable[[], None]) -> None:
+        """Listen on the wake channel (the subscriber must run in this process)."""
+        if not self._push_wake_handlers():
+            self.subscriber.subscribe(self._wake_channel)
+        super().on_push_wake(handler)
+
     def _on_message(self, channel: bytes, data: bytes) -> None:
         # The hot path of a gateway on Redis: one slice and one int() per message.
         try:
             if not channel.startswith(self._channel_prefix):
+                if channel == self._wake_channel:
+                    for handler in self._push_wake_handlers():
+                        handler()
+                    return
                 raise ValueError
             device_id = int(channel[len(self._channel_prefix) :])
         except ValueError:

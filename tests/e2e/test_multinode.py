@@ -81,3 +81,60 @@ async def test_two_gateways_deliver_to_devices_on_either(tmp_path: Path, redis_u
                     with trio.fail_after(5):
                         frame = wire.decode(await ws.get_message())
                     assert (frame.kind, frame.head, frame.ref) == (wire.Kind.NEW, 1, sent["id"])
+
+
+@pytest.mark.e2e
+def test_a_push_bridge_in_its_own_process_is_woken_through_redis(tmp_path: Path, redis_url: str) -> None:
+    """Deployed layout: the content service sees no receiver, makes the job due and PUBLISHes a wake-up;
+    the push bridge (another process, polling only once a minute) pushes within a moment."""
+    import json
+    import time
+
+    keys = tmp_path / "keys"
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
+    _run("keys", "create", "--keys-dir", str(keys))
+    _run("migrate", "--database-url", database)
+    env = {
+        "PINGPULL_TOKENS_KEYS_DIR": str(keys),
+        "PINGPULL_REDIS_URL": redis_url,
+        "PINGPULL_REDIS_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+        "PINGPULL_DATABASE_URL": database,
+        "PINGPULL_CONTENT_REGISTRATION": "open",
+        "PINGPULL_PUSH_POLL_INTERVAL_S": "60",
+        "PINGPULL_PUSH_METRICS_PORT": "0",
+    }
+
+    def pushes(log: str) -> list[int]:
+        return [
+            json.loads(line[line.find('{"event":"push"') :])["device_id"]
+            for line in log.splitlines()
+            if '{"event":"push"' in line
+        ]
+
+    with (
+        pingpull_serve(tmp_path / "content", "content", "signal", env=env) as content,
+        pingpull_serve(tmp_path / "push", "push", env=env) as push,
+        httpx.Client(base_url=content.content_url, timeout=10) as http,
+    ):
+        time.sleep(0.5)  # the worker's first pass is over: it now sleeps for a minute
+        alice = http.post("/v1/accounts", json={"handle": "alice"}).json()
+        bob = http.post("/v1/accounts", json={"handle": "bobby"}).json()
+        registered = http.put(
+            f"/v1/devices/{bob['device_id']}/push",
+            json={"provider": "fcm", "token": "f" * 64},
+            headers={"Authorization": f"Bearer {bob['token']}"},
+        )
+        assert registered.status_code == 204
+        as_alice = {"Authorization": f"Bearer {alice['token']}"}
+        conversation = http.post("/v1/conversations", json={"members": [bob["user_id"]]}, headers=as_alice)
+        sent = http.post(
+            f"/v1/conversations/{conversation.json()['id']}/messages",
+            json={"body": "wake up"},
+            headers={**as_alice, "Idempotency-Key": "k1"},
+        )
+        assert sent.status_code == 201
+        started = time.monotonic()
+        while time.monotonic() - started < 10 and not pushes(push.log()):
+            time.sleep(0.02)
+        assert pushes(push.log()) == [bob["device_id"]], push.log()
+        assert time.monotonic() - started < 3, "the worker waited for its poll"
