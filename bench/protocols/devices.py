@@ -127,13 +127,18 @@ async def run_sdk(fleet: Fleet, device: Device, transport: str) -> None:
                 http_transport=None if tls else httpx.AsyncHTTPTransport(verify=SHARED_TLS),
             )
             first_connection = sync.connected
+            failed: BaseException | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sync.run)
                     await first_connection.wait()
                     device.connected.set()
-            except (ClientError, httpx.HTTPError, OSError) as exc:
-                fleet.error(device, exc)
+            # The nursery wraps what DeviceSync.run raised in an ExceptionGroup (an overloaded server's
+            # 5xx, a dropped connection): record it and start the app's sync again, as an app would.
+            except* (ClientError, httpx.HTTPError, OSError) as group:
+                failed = group.exceptions[0]
+            if failed is not None:
+                fleet.error(device, failed)
                 await trio.sleep(RETRY_AFTER_ERROR_S)
 
 

@@ -1,8 +1,9 @@
 """`pingpull bench protocols`: run the scenario for every strategy and report.
 
-1. Seed once: D device accounts and a sender with a direct conversation to each (`scenario.seed`).
+1. Seed once: D device accounts and a sender with a direct conversation to each (`scenario.seed`),
+   while a byte-counting proxy per strategy (its own process, two ports per device) starts.
 2. Per strategy, a fresh `pingpull serve` (embedded: SQLite, in-memory bus) on its own copy of the
-   seeded data directory, and a byte-counting proxy (its own process) with two ports per device.
+   seeded data directory, behind its proxy. Set-up is not measured, so it runs in parallel.
 3. Idle, all strategies at once: each strategy's D devices connect (their own process per strategy),
    then the idle windows open together: `--idle` seconds (25: each device's first 20-25 s heartbeat
    falls inside), or two polling intervals for short polling, whose heartbeat is its poll. Bytes,
@@ -209,11 +210,11 @@ class Rig:
         self.server.stop()
 
 
-async def start_rig(strategy: str, seeded: Seeded, work: Path, options: Options) -> Rig:
+async def start_rig(strategy: str, seeded: Seeded, work: Path, options: Options, proxy: Child) -> Rig:
+    """The strategy's server on its copy of the seeded data, and its proxy (started earlier) pointed at it."""
     data_dir = work / strategy
     copy_tree(seeded.data_dir, data_dir)
     server = PingpullServer(serve_args(data_dir), SERVER_ENV, work / f"serve-{strategy}.log")
-    proxy = await Child.start("bench.protocols.proxy", f"proxy-{strategy}", work)
     try:
         urls = await server.wait_ready()
         content_host, content_port = urls["content"].removeprefix("http://").rsplit(":", 1)
@@ -456,17 +457,26 @@ async def run_all(options: Options, progress: Progress) -> tuple[list[StrategyRe
     work.mkdir(parents=True, exist_ok=True)
     rigs: list[Rig] = []
     fleets: dict[str, Fleet] = {}
+    proxies: dict[str, Child] = {}
     try:
         progress.phase(
-            f"seeding {options.devices:,} accounts and {options.devices:,} conversations (work dir {work})"
+            f"seeding {options.devices:,} accounts and {options.devices:,} conversations, starting a proxy "
+            f"per strategy meanwhile (work dir {work})"
         )
-        seeded = await seed(work / "seed", options.devices, work / "serve-seed.log")
+        async with trio.open_nursery() as nursery:
+
+            async def start_proxy(strategy: str) -> None:
+                proxies[strategy] = await Child.start("bench.protocols.proxy", f"proxy-{strategy}", work)
+
+            for strategy in options.strategies:
+                nursery.start_soon(start_proxy, strategy)
+            seeded = await seed(work / "seed", options.devices)
         plan = Plan.make(options.devices, options.messages, options.body_chars, options.seed)
-        progress.phase("starting a server and a proxy per strategy")
+        progress.phase("starting a server per strategy")
         async with trio.open_nursery() as nursery:
 
             async def start(strategy: str) -> None:
-                rigs.append(await start_rig(strategy, seeded, work, options))
+                rigs.append(await start_rig(strategy, seeded, work, options, proxies.pop(strategy)))
 
             for strategy in options.strategies:
                 nursery.start_soon(start, strategy)
@@ -490,6 +500,8 @@ async def run_all(options: Options, progress: Progress) -> tuple[list[StrategyRe
         with trio.CancelScope(shield=True):
             for fleet in fleets.values():
                 await fleet.worker.close()
+            for proxy in proxies.values():
+                await proxy.close()
         for rig in rigs:
             await rig.close()
     if not options.keep:

@@ -1,7 +1,7 @@
 """The chat traffic: D device accounts, one sender with a direct conversation to each, M messages.
 
-`seed` builds it once (a throw-away `pingpull serve` makes the data directory, the content service's
-own units of work and token signer fill it); every strategy then starts its own server on a copy of
+`seed` builds it once (made as `pingpull serve` makes a data directory, filled through the content
+service's own units of work and token signer); every strategy then starts its own server on a copy of
 that data directory, so each one begins from the same state with a fresh process. `send_messages`
 posts at a steady rate to random recipients (the same recipients and bodies for every strategy), and
 `verify` checks that every device ended with exactly the messages addressed to it: none missing, none
@@ -22,7 +22,7 @@ from typing import Any, Final
 import httpx
 import trio
 
-from bench.protocols.common import BenchError, PingpullServer
+from bench.protocols.common import BenchError
 from pingpull.client.content import ContentClient
 from pingpull.client.errors import ApiError, TransportError
 
@@ -65,24 +65,20 @@ def serve_args(data_dir: Path) -> list[str]:
     return ["serve", "--data-dir", str(data_dir), "--content-port", "0", "--signal-port", "0"]
 
 
-async def seed(data_dir: Path, devices: int, log_path: Path) -> Seeded:
+async def seed(data_dir: Path, devices: int) -> Seeded:
     """D device accounts and a sender with a direct conversation to each, in `data_dir`.
 
-    A throw-away `pingpull serve` makes the data directory as any server would (migrated database,
-    signing key); then the accounts and conversations are written in this process through the content
-    service's own units of work (`store.create_account`, `store.create_conversation`) and its own
-    token signer, a few hundred per transaction: the same rows and tokens as through the API, in a
-    few seconds instead of ~40 s of 2,000 HTTP requests (set-up, not part of any measurement)."""
+    The data directory is made the way `pingpull serve` makes it on first start (`compose.prepare`:
+    migrations; `compose.open_kernel`: the signing key), then filled in this process through the
+    content service's own units of work (`store.create_account`, `store.create_conversation`) and its
+    own token signer, a few hundred per transaction: the same rows and tokens as through the API, in
+    seconds instead of ~40 s of 2,000 HTTP requests (set-up, not part of any measurement)."""
     from content_svc import store
     from pingpull import compose
     from pingpull.config import build_settings
 
-    server = PingpullServer(serve_args(data_dir), SERVER_ENV, log_path)
-    try:
-        await server.wait_ready()
-    finally:
-        server.stop()
     settings = build_settings({"data_dir": str(data_dir)})
+    await trio.to_thread.run_sync(compose.prepare, settings)
     async with compose.open_kernel(settings) as kernel:
         ctx = compose.content_context(kernel)
         now_ms = ctx.clock_ms()
