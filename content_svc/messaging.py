@@ -394,11 +394,16 @@ async def pull_inbox(
 
     One statement, so head and entries come from one snapshot: the user's row outer-joined to the
     entries, which gives one row of NULL entry columns when there is nothing new (an empty poll)."""
-    entries = inbox.join(messages, messages.c.id == inbox.c.message_id)
+    # Two chained LEFT JOINs, not `users LEFT JOIN (inbox JOIN messages)`: SQLite materialises such a
+    # nested join whole (every inbox row, per pull). Every inbox row has its message (a foreign key,
+    # ON DELETE CASCADE), so the second outer join loses nothing an inner join would keep.
+    entries = users.outerjoin(inbox, and_(inbox.c.user_id == users.c.id, inbox.c.seq > after)).outerjoin(
+        messages, messages.c.id == inbox.c.message_id
+    )
     rows = (
         await conn.execute(
             select(users.c.inbox_head, inbox.c.seq, *_MESSAGE_COLUMNS)
-            .select_from(users.outerjoin(entries, and_(inbox.c.user_id == users.c.id, inbox.c.seq > after)))
+            .select_from(entries)
             .where(users.c.id == user_id)
             .order_by(inbox.c.seq)
             .limit(limit)

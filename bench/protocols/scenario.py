@@ -32,6 +32,10 @@ SERVER_ENV: Final = {
     "PINGPULL_CONTENT_SEND_BURST": "100000",
     "PINGPULL_SIGNAL_DRAIN_WINDOW_S": "0.5",
     "PINGPULL_SIGNAL_DRAIN_TIMEOUT_S": "5",
+    # 4,000 devices connecting at once to four servers on two cores queue for the database for longer
+    # than the default 10 s (then 503): wait up to 30 s, SQLAlchemy's default, which these SQLite
+    # servers had until pool settings were honoured for SQLite.
+    "PINGPULL_DATABASE_POOL_TIMEOUT_S": "30",
 }
 SEED_BATCH: Final = 250
 SEND_MAX_IN_FLIGHT: Final = 64
