@@ -6,8 +6,10 @@ row of the API table in docs/api.md, and every problem answer becomes an `ApiErr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import httpx
@@ -31,12 +33,15 @@ class ContentClient:
         json: Any = None,
         params: Any = None,
         headers: dict[str, str] | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
         if self.token is not None:
             all_headers["Authorization"] = f"Bearer {self.token}"
         try:
-            response = await self.http.request(method, path, json=json, params=params, headers=all_headers)
+            response = await self.http.request(
+                method, path, json=json, params=params, headers=all_headers, content=content
+            )
         except httpx.TransportError as exc:
             raise TransportError(f"{method} {path}: {exc!r}") from exc
         if response.status_code >= 400:
@@ -135,3 +140,34 @@ class ContentClient:
 
     async def ack(self, seq: int) -> None:
         await self.request("POST", "/v1/inbox/ack", json={"seq": seq})
+
+    # --- media ---------------------------------------------------------------------------------
+
+    async def upload_media(
+        self, data: bytes | AsyncIterable[bytes], content_type: str, *, sha256: bytes | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/media. Bytes are checked by the server against their sha-256 (computed here for
+        `bytes`; pass `sha256` for a stream to have it checked too). Returns media_id, size, sha256."""
+        headers = {"Content-Type": content_type}
+        digest = hashlib.sha256(data).digest() if isinstance(data, bytes) else sha256
+        if digest is not None:
+            headers["Content-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
+        response = await self.request("POST", "/v1/media", headers=headers, content=data)
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def download_media(self, media_id: str, *, start: int = 0, stop: int | None = None) -> bytes:
+        """GET /v1/media/{id}, bytes [start, stop) (a Range request unless it is the whole object);
+        follows the presigned redirect of an S3 deployment."""
+        headers = {}
+        if start or stop is not None:
+            headers["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
+        response = await self.request("GET", f"/v1/media/{media_id}", headers=headers)
+        if response.status_code in (301, 302, 303, 307, 308):
+            try:
+                response = await self.http.get(response.headers["Location"], headers=headers)
+            except httpx.TransportError as exc:
+                raise TransportError(f"GET presigned media: {exc!r}") from exc
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, {"detail": response.text[:200]})
+        return response.content

@@ -404,3 +404,23 @@ async def test_the_openapi_document_describes_the_media_routes(media_live: LiveC
     document = (await media_live.http.get("/v1/openapi.json")).json()
     assert "/v1/media" in document["paths"]
     assert "/v1/uploads" in document["paths"]
+
+
+async def test_the_sdk_uploads_with_a_digest_and_downloads_ranges(media_live: LiveContent) -> None:
+    client, _ = await media_live.account("ana")
+    created = await client.upload_media(BLOB, "image/webp")
+    assert created["sha256"] == hashlib.sha256(BLOB).hexdigest()
+    assert await client.download_media(created["media_id"]) == BLOB
+    assert await client.download_media(created["media_id"], start=5, stop=50) == BLOB[5:50]
+    assert await client.download_media(created["media_id"], start=299_000) == BLOB[299_000:]
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield BLOB[:1000]
+        yield BLOB[1000:]
+
+    wrong = hashlib.sha256(b"not it").digest()
+    from pingpull.client.errors import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        await client.upload_media(stream(), "image/webp", sha256=wrong)
+    assert refused.value.status == 400

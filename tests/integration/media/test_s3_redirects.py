@@ -111,3 +111,10 @@ def test_the_signature_check_catches_a_tampered_url() -> None:
     good = sigv4_query_signature(url, SECRET)
     assert good != sigv4_query_signature(url.replace("Expires=120", "Expires=99999"), SECRET)
     assert good != sigv4_query_signature(url, "other-secret")
+
+
+async def test_the_sdk_follows_the_presigned_redirect(redirecting: LiveContent) -> None:
+    client, _ = await redirecting.account("ana")
+    media_id = (await client.upload_media(BLOB, "image/png"))["media_id"]
+    assert await client.download_media(media_id) == BLOB
+    assert await client.download_media(media_id, start=7, stop=70) == BLOB[7:70]
