@@ -160,6 +160,12 @@ class Database:
         size = pool_size_of(engine)
         # Work beyond the pool waits here, in FIFO order, instead of on the asyncio side.
         self._slots = trio.CapacityLimiter(size) if size is not None else None
+        self.pool_size = size
+        # SQLite has one writer at a time. Writers that wait inside SQLite (BEGIN IMMEDIATE under
+        # busy_timeout) sleep in growing steps and poll, holding a connection each: under load the lock
+        # is free while they sleep and reads queue behind them. This process's writers queue here
+        # instead, in order, and take a connection only when it is their turn.
+        self._writer = trio.Lock() if engine.dialect.name == "sqlite" else None
         pool = engine.pool
         self._checkout_timeout_s = pool.timeout() if isinstance(pool, QueuePool) else 30.0
         # Reads on PostgreSQL run without BEGIN/COMMIT (two round trips fewer): at READ COMMITTED every
@@ -193,19 +199,31 @@ class Database:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
-        if self._slots is None:
+        writer = None if read_only else self._writer
+        if self._slots is None and writer is None:
             return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
-        with trio.move_on_after(self._checkout_timeout_s) as waiting:
-            await self._slots.acquire()
-        if waiting.cancelled_caught:
-            raise DatabaseUnavailable(
-                f"all {self._slots.total_tokens} database connections stayed busy "
-                f"for {self._checkout_timeout_s:g} s"
-            )
+        have_writer = have_slot = False
         try:
+            with trio.move_on_after(self._checkout_timeout_s):
+                if writer is not None:
+                    await writer.acquire()
+                    have_writer = True
+                if self._slots is not None:
+                    await self._slots.acquire()
+                    have_slot = True
+            if (writer is not None and not have_writer) or (self._slots is not None and not have_slot):
+                raise DatabaseUnavailable(
+                    f"no database connection within {self._checkout_timeout_s:g} s: all "
+                    f"{self.pool_size} stayed busy"
+                )
             return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
         finally:
-            self._slots.release()
+            if have_slot:
+                assert self._slots is not None
+                self._slots.release()
+            if have_writer:
+                assert writer is not None
+                writer.release()
 
     async def _in_transaction(
         self,

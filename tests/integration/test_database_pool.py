@@ -344,3 +344,36 @@ async def test_work_survives_the_server_closing_every_pooled_connection(
         assert await database.transaction(_slow_read) == 1
         await both()
         assert 3 <= watch.connects <= 4  # the two dead ones replaced, nothing else
+
+
+# --- SQLite: one writer at a time, queued in the process, reads beside it ---------------------------
+
+
+async def test_sqlite_writers_queue_in_the_process_and_reads_run_beside_them(
+    tmp_path: Path, sqlite_template: Any, bridge: AsyncioBridge
+) -> None:
+    """Writers that wait inside SQLite (busy_timeout) sleep and poll while holding a connection; the
+    door queues this process's writers instead, so at most one write transaction holds a connection
+    and reads are never stuck behind sleeping writers."""
+    url = sqlite_template.fresh_copy(tmp_path)
+    inside, most_inside = 0, 0
+
+    async def write(conn: AsyncConnection) -> None:
+        nonlocal inside, most_inside
+        inside += 1
+        most_inside = max(most_inside, inside)
+        await conn.execute(text("UPDATE users SET inbox_head = inbox_head WHERE id = 0"))
+        await asyncio.sleep(0.005)
+        inside -= 1
+
+    async with open_database(url, bridge, pool_size=POOL) as database:
+        release = await bridge.run(_new_event)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(database.transaction, _hold, release)  # a long write transaction
+            await trio.sleep(0.1)
+            for _ in range(20):
+                nursery.start_soon(database.transaction, write)
+            with trio.fail_after(2):  # a read is not stuck behind the queued writers
+                assert await database.read(_slow_read) == 1
+            await bridge.run(_set, release)
+    assert most_inside == 1
