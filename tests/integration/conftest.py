@@ -29,7 +29,8 @@ async def stack(tmp_path: Path, sqlite_template: object) -> AsyncIterator[LiveCo
         tmp_path,
         signal={
             "ping_interval_s": 1.0,
-            "ping_timeout_s": 0.5,
+            # Generous for a loaded CI machine: a pong of this very process must come back in time.
+            "ping_timeout_s": 1.5,
             "handshake_timeout_s": 1.0,
             "drain_window_s": 0.5,
         },
