@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration e2e clean bench-bridge
+.PHONY: run test lint unit integration e2e clean bench-bridge bench-media
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ unit: $(STAMP)
 
 bench-bridge: $(STAMP)
 	$(BIN)/python -m bench.bridge
+
+bench-media: $(STAMP)
+	$(BIN)/python -m bench.media
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
