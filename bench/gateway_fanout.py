@@ -38,6 +38,7 @@ from typing import Final
 
 from bench._gateway_support import (
     RESULTS_DIR,
+    ChildError,
     ClientPool,
     ForeignLoad,
     HarnessServer,
@@ -236,6 +237,7 @@ def render(
     retried: dict[Key, int],
     args: argparse.Namespace,
     wall_s: float,
+    aborted: str | None = None,
 ) -> str:
     def counted(key: Key) -> list[Trial]:
         # Medians over the trials that ran while the machine was quiet, if there are any.
@@ -335,6 +337,8 @@ def render(
                     f"({med(key, 'server_user_us_per_frame'):.2f} µs user vs "
                     f"{med(floor, 'server_user_us_per_frame'):.2f} for the floor)."
                 )
+    if aborted is not None:
+        lines += ["", f"**The run was aborted** ({aborted}); the figures above are the trials done before."]
     lines += render_profiles(profiles, args)
     return "\n".join(lines) + "\n"
 
@@ -381,9 +385,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[Key, list[Trial]] = {
         (impl, variant): [] for impl in args.servers for variant in VARIANTS[impl]
     }
+    aborted: str | None = None
     with tempfile.TemporaryDirectory(prefix="pingpull-gateway-fanout-") as tmp:
-        measure(args, Path(tmp), results, profiles, retried)
-    write_report(render(results, profiles, retried, args, time.monotonic() - started), args.output)
+        try:
+            measure(args, Path(tmp), results, profiles, retried)
+        except ChildError as exc:
+            # A server or client stopped answering (e.g. a trial slower than --timeout on a loaded
+            # machine): report the trials already done rather than losing the whole run.
+            aborted = str(exc)
+            print(f"aborted: {exc}", file=sys.stderr)
+    write_report(render(results, profiles, retried, args, time.monotonic() - started, aborted), args.output)
 
 
 if __name__ == "__main__":
