@@ -19,7 +19,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pingpull import logs
-from pingpull.db.engine import Database
+from pingpull.db.engine import Database, DatabaseUnavailable
 from push_bridge import payloads, policy, store
 from push_bridge.health import ProviderHealth
 from push_bridge.providers.base import Outcome, PushOutcome, PushProvider, PushRequest
@@ -110,7 +110,15 @@ class PushWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            handled = await self.run_once()
+            handled = 0
+            try:
+                handled = await self.run_once()
+            except* DatabaseUnavailable as group:
+                # Overloaded or unreachable database: try again at the next poll. Claims taken in this
+                # pass expire after claim_ttl_s and are taken again (the worker must outlive this).
+                logs.event(
+                    log, "push_database_unavailable", level=logging.WARNING, error=str(group.exceptions[0])
+                )
             if handled < self.settings.batch_size:
                 with trio.move_on_after(self.settings.poll_interval_s):
                     await self._wakeup.wait()

@@ -377,3 +377,37 @@ async def test_sqlite_writers_queue_in_the_process_and_reads_run_beside_them(
                 assert await database.read(_slow_read) == 1
             await bridge.run(_set, release)
     assert most_inside == 1
+
+
+class FlakyDatabase(Database):
+    """The first `failures` transactions find the database unavailable."""
+
+    def __init__(self, inner: Database, failures: int) -> None:
+        super().__init__(inner.engine, inner.bridge)
+        self.failures = failures
+
+    async def transaction(self, work: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise DatabaseUnavailable("no database connection within 30 s: all 3 stayed busy")
+        return await super().transaction(work, *args, **kwargs)
+
+
+async def test_the_push_worker_outlives_an_unavailable_database(
+    database_url: str, bridge: AsyncioBridge
+) -> None:
+    """In `pingpull serve` the worker shares the process: an exception out of its loop would end the
+    whole server (seen in the protocol lab when a claim waited past pool_timeout_s)."""
+    async with open_database(database_url, bridge, pool_size=POOL) as database:
+        await database.transaction(_seed_due_jobs, 10)
+        flaky = FlakyDatabase(database, failures=2)
+        provider = CountingProvider()
+        worker = PushWorker(flaky, {"fcm": provider}, WorkerSettings(poll_interval_s=0.05))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            with trio.fail_after(10):
+                while await database.read(_jobs_left):  # noqa: ASYNC110 - polling the table
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert len(provider.sent) == 10
+        assert flaky.failures == 0
