@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from content_svc.media.access import AccessCache
 from content_svc.media.blobs import BlobStore
 from pingpull.bus import Bus
 from pingpull.config import ContentSettings, MediaSettings
@@ -93,6 +94,7 @@ class MediaContext:
     blobs: BlobStore
     upload_limiter: TokenBucketLimiter
     upload_bytes_limiter: TokenBucketLimiter
+    access_cache: AccessCache = field(default_factory=AccessCache)
 
     @classmethod
     def build(cls, settings: MediaSettings, blobs: BlobStore) -> MediaContext:
@@ -103,6 +105,7 @@ class MediaContext:
             upload_bytes_limiter=TokenBucketLimiter(
                 settings.upload_quota_refill_bytes_per_s, settings.upload_quota_bytes
             ),
+            access_cache=AccessCache(ttl_s=settings.access_cache_ttl_s),
         )
 
 

@@ -264,6 +264,8 @@ class MediaSettings:
     reap_interval_s: float = 300.0
     read_chunk_bytes: int = 1024 * 1024
     max_ranges: int = 16
+    # How long a replica reuses "this user may read this media" (0: ask the database every time).
+    access_cache_ttl_s: float = 30.0
     cache_max_age_s: int = 365 * 24 * 3600
     # boto3 calls in flight at once per process (each holds a worker thread).
     s3_max_concurrency: int = 32
@@ -300,6 +302,7 @@ class MediaSettings:
             64 * 1024 <= self.read_chunk_bytes <= 16 * 1024 * 1024, "media.read_chunk_bytes 64 KiB..16 MiB"
         )
         _require(1 <= self.max_ranges <= 1000, "media.max_ranges within 1..1000")
+        _require(0 <= self.access_cache_ttl_s <= 3600, "media.access_cache_ttl_s within 0..3600")
         _require(0 <= self.cache_max_age_s <= 10 * 365 * 24 * 3600, "media.cache_max_age_s out of range")
         _require(1 <= self.s3_max_concurrency <= 1024, "media.s3_max_concurrency within 1..1024")
 

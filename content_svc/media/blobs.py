@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import outcome
 import trio
 
 from content_svc.media.errors import StorageUnavailable
@@ -227,19 +228,28 @@ class LocalBlobStore(BlobStore):
             return None
 
     async def read(self, media_id: str, start: int, stop: int, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """Reads one chunk ahead: the next `pread` runs in a worker thread while the caller sends the
+        current chunk, so disk (or page cache) and socket overlap instead of taking turns."""
         handle: IO[bytes] = await _in_thread(open, self.object_path(media_id), "rb", buffering=0)
+        fd = handle.fileno()
+        ahead: _ThreadResult | None = None
         try:
             position = start
-            while position < stop:
-                chunk = await _in_thread(
-                    os.pread, handle.fileno(), min(chunk_bytes, stop - position), position
-                )
+            if position < stop:
+                ahead = _ThreadResult.start(os.pread, fd, min(chunk_bytes, stop - position), position)
+            while ahead is not None:
+                chunk = await ahead.wait()
+                ahead = None
                 if not chunk:
                     raise StorageUnavailable(f"object {media_id} is shorter than recorded")
                 position += len(chunk)
+                if position < stop:
+                    ahead = _ThreadResult.start(os.pread, fd, min(chunk_bytes, stop - position), position)
                 yield chunk
         finally:
             with trio.CancelScope(shield=True):
+                if ahead is not None:  # never close the descriptor under a read still running
+                    await ahead.settled()
                 await _in_thread(handle.close)
 
     async def delete(self, media_id: str) -> None:
@@ -294,6 +304,42 @@ class _LocalSink(UploadSink):
 
 
 # --- blocking helpers, run in worker threads -----------------------------------------------------------
+
+
+class _ThreadResult:
+    """A blocking call started in a worker thread now and awaited later (trio.to_thread.run_sync
+    would block the caller until it returns). Used to read ahead inside an async generator, where a
+    nursery cannot live across a `yield`."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._outcome: outcome.Outcome[bytes] | None = None
+
+    @classmethod
+    def start(cls, fn: Callable[..., bytes], *args: Any) -> _ThreadResult:
+        result = cls()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(value: outcome.Outcome[bytes]) -> None:
+            token.run_sync_soon(result._finish, value)
+
+        trio.lowlevel.start_thread_soon(lambda: fn(*args), deliver)
+        return result
+
+    def _finish(self, value: outcome.Outcome[bytes]) -> None:
+        self._outcome = value
+        self._done.set()
+
+    async def settled(self) -> None:
+        await self._done.wait()
+
+    async def wait(self) -> bytes:
+        await self._done.wait()
+        assert self._outcome is not None
+        try:
+            return self._outcome.unwrap()
+        except OSError as exc:
+            raise StorageUnavailable(f"media storage failed: {exc.strerror or exc}") from exc
 
 
 async def _in_thread(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:

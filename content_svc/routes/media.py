@@ -155,7 +155,10 @@ async def download(media_id: str) -> Response:
     who = await principal()
     if not looks_like_media_id(media_id):
         raise NotFound("no such media")
-    record = await ctx.database.read(records.readable_media, who.user_id, media_id)
+    record = media.access_cache.get(who.user_id, media_id)
+    if record is None:
+        record = await ctx.database.read(records.readable_media, who.user_id, media_id)
+        media.access_cache.remember(who.user_id, record)
     etag = ranges.strong_etag(record.sha256)
     settings = media.settings
     headers = {
