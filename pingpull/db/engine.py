@@ -11,7 +11,8 @@ opens and closes PostgreSQL sessions all the time (a backend fork and a handshak
 at ~1.5x the cost per push job, bench/results/push.md). Instead, units of work beyond `pool_size`
 wait their turn on the trio side (a FIFO `trio.CapacityLimiter` as wide as the pool), where waiting
 costs nothing on the asyncio thread, for at most `pool_timeout_s`. The same bound holds for SQLite,
-where every connection is a thread of aiosqlite's.
+where every connection is a thread of aiosqlite's; there the process's writers queue one at a time
+for a connection of their own and reads share the others (SQLite has one writer at a time anyway).
 
 When the database cannot take the work (no connection within `pool_timeout_s`, the server refuses
 connections: "too many clients", starting up, unreachable; or contention outlasted the retries),
@@ -158,14 +159,17 @@ class Database:
         self.engine = engine
         self.bridge = bridge
         size = pool_size_of(engine)
-        # Work beyond the pool waits here, in FIFO order, instead of on the asyncio side.
-        self._slots = trio.CapacityLimiter(size) if size is not None else None
         self.pool_size = size
         # SQLite has one writer at a time. Writers that wait inside SQLite (BEGIN IMMEDIATE under
         # busy_timeout) sleep in growing steps and poll, holding a connection each: under load the lock
         # is free while they sleep and reads queue behind them. This process's writers queue here
-        # instead, in order, and take a connection only when it is their turn.
-        self._writer = trio.Lock() if engine.dialect.name == "sqlite" else None
+        # instead, in order, on a connection of their own; reads share the rest of the pool. Neither
+        # queue waits behind the other.
+        sqlite_split = engine.dialect.name == "sqlite" and size is not None and size >= 2
+        self._writer = trio.Lock() if sqlite_split else None
+        # Work beyond the pool waits here, in FIFO order, instead of on the asyncio side.
+        slots = size - 1 if sqlite_split and size is not None else size
+        self._slots = trio.CapacityLimiter(slots) if slots is not None else None
         pool = engine.pool
         self._checkout_timeout_s = pool.timeout() if isinstance(pool, QueuePool) else 30.0
         # Reads on PostgreSQL run without BEGIN/COMMIT (two round trips fewer): at READ COMMITTED every
@@ -182,7 +186,8 @@ class Database:
     @property
     def connections_in_use(self) -> int:
         """Units of work holding (or about to take) a pooled connection now."""
-        return int(self._slots.borrowed_tokens) if self._slots is not None else 0
+        writing = 1 if self._writer is not None and self._writer.locked() else 0
+        return writing + (int(self._slots.borrowed_tokens) if self._slots is not None else 0)
 
     async def transaction(self, work: Work[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `work(conn, ...)` in a write transaction, retrying on deadlock or serialization failure."""
@@ -200,7 +205,8 @@ class Database:
         kwargs: dict[str, Any],
     ) -> T:
         writer = None if read_only else self._writer
-        if self._slots is None and writer is None:
+        slots = self._slots if writer is None else None  # SQLite writers have their own connection
+        if slots is None and writer is None:
             return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
         have_writer = have_slot = False
         try:
@@ -208,10 +214,10 @@ class Database:
                 if writer is not None:
                     await writer.acquire()
                     have_writer = True
-                if self._slots is not None:
-                    await self._slots.acquire()
+                if slots is not None:
+                    await slots.acquire()
                     have_slot = True
-            if (writer is not None and not have_writer) or (self._slots is not None and not have_slot):
+            if (writer is not None and not have_writer) or (slots is not None and not have_slot):
                 raise DatabaseUnavailable(
                     f"no database connection within {self._checkout_timeout_s:g} s: all "
                     f"{self.pool_size} stayed busy"
@@ -219,8 +225,8 @@ class Database:
             return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
         finally:
             if have_slot:
-                assert self._slots is not None
-                self._slots.release()
+                assert slots is not None
+                slots.release()
             if have_writer:
                 assert writer is not None
                 writer.release()
