@@ -188,6 +188,9 @@ class PushSettings:
     metrics_port: int = 8082
     poll_interval_s: float = 2.0
     repush_after_s: float = 600.0
+    # Never two pushes to one device within this, acked or not: FCM caps a device's message rate and
+    # APNs throttles background pushes; a chatty conversation costs at most one wake-up per interval.
+    min_push_interval_s: float = 15.0
     batch_size: int = 100
     concurrency: int = 64
     claim_ttl_s: float = 120.0
@@ -217,6 +220,7 @@ class PushSettings:
         _require(0 <= self.metrics_port <= 65535, "push.metrics_port must be within 0..65535")
         _require(0.05 <= self.poll_interval_s <= 300, "push.poll_interval_s must be within 0.05..300")
         _require(0 <= self.repush_after_s <= 7 * 24 * 3600, "push.repush_after_s out of range")
+        _require(0 <= self.min_push_interval_s <= 24 * 3600, "push.min_push_interval_s within 0..86400")
         _require(1 <= self.batch_size <= 10_000, "push.batch_size within 1..10000")
         _require(1 <= self.concurrency <= 10_000, "push.concurrency within 1..10000")
         _require(5 <= self.claim_ttl_s <= 3600, "push.claim_ttl_s within 5..3600")

@@ -5,6 +5,8 @@ The rules, in order:
 - a device that was pushed and has not acked since is not pushed again until `repush_after_s`
   has passed: the wake-up it got makes it pull everything, so a burst of messages to a closed app
   costs one push (and Apple throttles background pushes anyway);
+- a device is never pushed twice within `min_push_interval_s`, even if it acked in between
+  (the providers' per-device limits);
 - otherwise, push.
 After the provider answers: delivered -> done (or, if more messages came meanwhile, wait for the
 ack or the repush time); dead token -> remove it, done; invalid token -> remove it only if the
@@ -49,7 +51,7 @@ class Decision:
     not_before_ms: int | None = None  # for DEFER
 
 
-def decide(job: JobView, now_ms: int, repush_after_ms: int) -> Decision:
+def decide(job: JobView, now_ms: int, repush_after_ms: int, min_interval_ms: int = 0) -> Decision:
     if not job.has_token:
         return Decision(Verdict.DROP_NO_TOKEN)
     if job.acked_seq >= job.seq:
@@ -62,6 +64,10 @@ def decide(job: JobView, now_ms: int, repush_after_ms: int) -> Decision:
         repush_at = job.last_push_at_ms + repush_after_ms
         if now_ms < repush_at:
             return Decision(Verdict.DEFER, not_before_ms=repush_at)
+    if job.last_push_at_ms is not None and now_ms < job.last_push_at_ms + min_interval_ms:
+        # Acked, but pushed very recently: the providers' per-device limits (APNs throttles background
+        # pushes, FCM caps a device's rate) are kept by waiting; the job still carries the newest seq.
+        return Decision(Verdict.DEFER, not_before_ms=job.last_push_at_ms + min_interval_ms)
     return Decision(Verdict.PUSH)
 
 

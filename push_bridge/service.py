@@ -30,6 +30,7 @@ def worker_settings(settings: PushSettings) -> WorkerSettings:
         concurrency=settings.concurrency,
         claim_ttl_s=settings.claim_ttl_s,
         repush_after_s=settings.repush_after_s,
+        min_push_interval_s=settings.min_push_interval_s,
         config_proof_window_s=settings.config_proof_window_s,
         retry=policy.RetryPolicy(settings.retry_initial_s, settings.retry_max_s, settings.max_attempts),
         payload=payloads.PayloadOptions(

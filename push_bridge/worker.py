@@ -77,6 +77,7 @@ class WorkerSettings:
     concurrency: int = 64
     claim_ttl_s: float = 120.0
     repush_after_s: float = 600.0
+    min_push_interval_s: float = 0.0
     # An invalid-token answer removes the token only if the provider delivered within this window.
     config_proof_window_s: float = 3600.0
     retry: policy.RetryPolicy = field(default_factory=policy.RetryPolicy)
@@ -152,7 +153,12 @@ class PushWorker:
             last_push_at_ms=job.last_push_at_ms,
             last_push_seq=job.last_push_seq,
         )
-        decision = policy.decide(view, now_ms, int(self.settings.repush_after_s * 1000))
+        decision = policy.decide(
+            view,
+            now_ms,
+            int(self.settings.repush_after_s * 1000),
+            int(self.settings.min_push_interval_s * 1000),
+        )
         self.metrics.decisions.labels(decision.verdict.value).inc()
         if decision.verdict is policy.Verdict.DEFER:
             assert decision.not_before_ms is not None

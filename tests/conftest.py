@@ -6,8 +6,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.services import REDIS_URL, PostgresTemplate, SqliteTemplate, pg_admin, unavailable
+
+# Tests assert behaviour, not speed: a loaded machine must not fail a property test on its deadline.
+settings.register_profile("pingpull", deadline=None)
+settings.load_profile("pingpull")
 
 BACKENDS = ("sqlite", "postgres")
 

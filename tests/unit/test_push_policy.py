@@ -226,3 +226,18 @@ def test_fcm_message_is_a_collapsible_data_message() -> None:
         "data": {"pp_head": "42"},
         "android": {"collapse_key": "inbox", "ttl": f"{payloads.DEFAULT_EXPIRY_S}s", "priority": "high"},
     }
+
+
+def test_an_acked_device_is_not_pushed_again_within_the_minimum_interval() -> None:
+    acked = job(last_push_at_ms=1_000, last_push_seq=3, acked_seq=3)
+    deferred = decide(acked, 1_000 + 14_999, REPUSH_MS, min_interval_ms=15_000)
+    assert deferred.verdict is Verdict.DEFER
+    assert deferred.not_before_ms == 16_000
+    assert decide(acked, 16_000, REPUSH_MS, min_interval_ms=15_000).verdict is Verdict.PUSH
+    assert decide(job(), 0, REPUSH_MS, min_interval_ms=15_000).verdict is Verdict.PUSH  # never pushed
+
+
+def test_the_longer_of_repush_and_minimum_interval_wins_when_not_acked() -> None:
+    pushed = job(last_push_at_ms=1_000, last_push_seq=3, acked_seq=2)
+    decision = decide(pushed, 2_000, REPUSH_MS, min_interval_ms=15_000)
+    assert decision.not_before_ms == 1_000 + max(REPUSH_MS, 15_000)
