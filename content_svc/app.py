@@ -34,6 +34,7 @@ from content_svc.errors import (
 from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
 from content_svc.openapi import PingpullOpenAPI
 from pingpull import logs
+from pingpull.db.engine import DatabaseUnavailable
 from pingpull.wire import MAX_U64
 
 log = logging.getLogger("pingpull.content")
@@ -109,6 +110,7 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(ContentError, _content_error)
+    app.register_error_handler(DatabaseUnavailable, _database_unavailable)
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -226,6 +228,18 @@ def _problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> Res
 
 async def _content_error(error: ContentError) -> Response:
     return _problem(error.problem(), error.headers)
+
+
+async def _database_unavailable(error: DatabaseUnavailable) -> Response:
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, error.detail)
+    body = problem_body(
+        503,
+        "database-unavailable",
+        "The database cannot take this request now",
+        "retry later",
+        retry_after_s=error.retry_after_s,
+    )
+    return _problem(body, {"Retry-After": str(error.retry_after_s)})
 
 
 async def _validation_error(error: RequestSchemaValidationError) -> Response:

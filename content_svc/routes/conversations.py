@@ -135,7 +135,7 @@ async def send(
         idempotency_key=headers.idempotency_key,
         body=data.body,
         media=list(data.media),
-        now_ms=ctx.clock_ms(),
+        clock_ms=ctx.clock_ms,  # read inside the transaction, once the locks are held
         ack_grace_ms=int(limits.ack_grace_s * 1000),
     )
     if result.created:

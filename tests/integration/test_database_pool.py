@@ -210,10 +210,6 @@ async def test_too_many_clients_is_unavailable(limited_role_url: str, bridge: As
     assert getattr(getattr(caught.value.__cause__, "orig", None), "sqlstate", None) == "53300"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="content_svc/app.py does not map pingpull.db.engine.DatabaseUnavailable to 503 yet",
-)
 async def test_the_content_service_answers_503_when_the_pool_is_exhausted(
     database_url: str, tmp_path: Path
 ) -> None:
