@@ -19,6 +19,7 @@ from content_svc.media.reaper import reap_expired_uploads
 from tests.integration.media.conftest import build_media_server
 from tests.integration.media.test_media_api import account, auth, download, stored_objects
 from tests.support.live import LiveContent
+from tests.support.s3_server import MotoServer
 
 pytestmark = pytest.mark.s3
 
@@ -314,12 +315,12 @@ async def test_two_patches_at_once_never_both_append(media_live: LiveContent) ->
 
 
 async def test_the_s3_part_size_setting_is_honoured(
-    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+    moto: MotoServer, tmp_path: Path, sqlite_template: Any
 ) -> None:
-    if media_settings["backend"] != "s3":
-        pytest.skip("parts are an S3 matter")
+    moto.require()
+    media_settings = moto.media_settings(moto.new_bucket(), s3_download_mode="proxy")
     async with build_media_server(
-        database_url, tmp_path, {**media_settings, "s3_part_size_bytes": 6 * MIB}
+        sqlite_template.fresh_copy(tmp_path), tmp_path, {**media_settings, "s3_part_size_bytes": 6 * MIB}
     ) as server:
         token, _ = await account(server, "ana")
         data = os.urandom(13 * MIB)
