@@ -43,6 +43,9 @@ class Subscription(abc.ABC):
 
 
 class Bus(abc.ABC):
+    def __init__(self) -> None:
+        self._wake_handlers: list[Callable[[], None]] = []
+
     @abc.abstractmethod
     async def publish(self, publications: Sequence[Publication]) -> Mapping[int, int]:
         """Store each user's head (never backwards) and deliver each frame to its devices.
@@ -73,19 +76,12 @@ class Bus(abc.ABC):
     async def wake_push_workers(self) -> None:
         """Tell push workers in every process that jobs became due now (best effort: a lost wake-up
         costs one poll interval). Registered handlers of this process are called too."""
-        for handler in self._push_wake_handlers():
+        for handler in self._wake_handlers:
             handler()
 
     def on_push_wake(self, handler: Callable[[], None]) -> None:
         """Call `handler` whenever any process calls `wake_push_workers` (a push worker's wake)."""
-        self._push_wake_handlers().append(handler)
-
-    def _push_wake_handlers(self) -> list[Callable[[], None]]:
-        handlers: list[Callable[[], None]] | None = getattr(self, "_wake_handlers", None)
-        if handlers is None:
-            handlers = []
-            self._wake_handlers = handlers
-        return handlers
+        self._wake_handlers.append(handler)
 
 
 class ReceiverRegistry:

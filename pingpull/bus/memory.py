@@ -16,6 +16,7 @@ class MemoryBus(Bus):
     the ones not published since start, so HELLO after a restart carries the real head."""
 
     def __init__(self, *, head_loader: HeadLoader | None = None) -> None:
+        super().__init__()
         self._registry = ReceiverRegistry()
         self._heads: dict[int, int] = {}
         self._load = head_loader

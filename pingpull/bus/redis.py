@@ -93,6 +93,7 @@ class RedisBus(Bus):
         head_ttl_s: int,
         head_loader: HeadLoader | None = None,
     ) -> None:
+        super().__init__()
         self._bridge = bridge
         self._client = client
         self._script: Any = client.register_script(_PUBLISH_SCRIPT)
@@ -191,7 +192,7 @@ class RedisBus(Bus):
 
     def on_push_wake(self, handler: Callable[[], None]) -> None:
         """Listen on the wake channel (the subscriber must run in this process)."""
-        if not self._push_wake_handlers():
+        if not self._wake_handlers:
             self.subscriber.subscribe(self._wake_channel)
         super().on_push_wake(handler)
 
@@ -200,7 +201,7 @@ class RedisBus(Bus):
         try:
             if not channel.startswith(self._channel_prefix):
                 if channel == self._wake_channel:
-                    for handler in self._push_wake_handlers():
+                    for handler in self._wake_handlers:
                         handler()
                     return
                 raise ValueError

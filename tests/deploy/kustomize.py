@@ -38,7 +38,7 @@ _GENERATED = "__generated_name__"  # internal marker: the ConfigMap's name befor
 
 
 class KustomizeError(Exception):
-    pass
+    """A kustomization this renderer cannot build, or would build differently from kustomize."""
 
 
 def render(directory: Path) -> list[Resource]:

@@ -23,19 +23,24 @@ def _run(*args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.e2e
-async def test_two_gateways_deliver_to_devices_on_either(tmp_path: Path, redis_url: str) -> None:
+def _shared_deployment(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    """Keys and a migrated database shared by several processes on one Redis: their environment."""
     keys = tmp_path / "keys"
     database = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
     _run("keys", "create", "--keys-dir", str(keys))
     _run("migrate", "--database-url", database)
-    env = {
+    return {
         "PINGPULL_TOKENS_KEYS_DIR": str(keys),
         "PINGPULL_REDIS_URL": redis_url,
         "PINGPULL_REDIS_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
         "PINGPULL_DATABASE_URL": database,
         "PINGPULL_CONTENT_REGISTRATION": "open",
     }
+
+
+@pytest.mark.e2e
+async def test_two_gateways_deliver_to_devices_on_either(tmp_path: Path, redis_url: str) -> None:
+    env = _shared_deployment(tmp_path, redis_url)
     with (
         pingpull_serve(tmp_path / "content", "content", env=env) as content,
         pingpull_serve(tmp_path / "gw-a", "signal", env=env) as gateway_a,
@@ -90,16 +95,8 @@ def test_a_push_bridge_in_its_own_process_is_woken_through_redis(tmp_path: Path,
     import json
     import time
 
-    keys = tmp_path / "keys"
-    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
-    _run("keys", "create", "--keys-dir", str(keys))
-    _run("migrate", "--database-url", database)
     env = {
-        "PINGPULL_TOKENS_KEYS_DIR": str(keys),
-        "PINGPULL_REDIS_URL": redis_url,
-        "PINGPULL_REDIS_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
-        "PINGPULL_DATABASE_URL": database,
-        "PINGPULL_CONTENT_REGISTRATION": "open",
+        **_shared_deployment(tmp_path, redis_url),
         "PINGPULL_PUSH_POLL_INTERVAL_S": "60",
         "PINGPULL_PUSH_METRICS_PORT": "0",
     }
