@@ -41,11 +41,26 @@ class StreamingBody(TrioBody):
         super().__init__(expected_content_length, None)
         self._room = trio.Event()
         self._room.set()
+        self._discarding = False
 
     def append(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().append(data)
         if len(self._data) >= HIGH_WATER_BYTES and self._room.is_set():
             self._room = trio.Event()
+
+    def discard_rest(self) -> None:
+        """The handler has answered: whatever of the body is still to come is read and dropped.
+
+        Pacing must stop here. Hypercorn hands the body over through a small queue and, once the
+        answer is sent, puts an `http.disconnect` on that same queue before it closes the
+        connection; if nobody takes the body chunks off the queue, that put waits forever, the close
+        never happens, and a client that writes its whole body before reading (httpx, curl) waits
+        with it: both sides hang."""
+        self._discarding = True
+        self._data.clear()
+        self._room.set()
 
     async def __anext__(self) -> bytes:
         data = await super().__anext__()
@@ -58,12 +73,25 @@ class StreamingBody(TrioBody):
         return self._complete.is_set()
 
     async def wait_for_room(self) -> None:
-        while len(self._data) >= HIGH_WATER_BYTES:
+        while len(self._data) >= HIGH_WATER_BYTES and not self._discarding:
             await self._room.wait()
 
 
 class PacedHTTPConnection(TrioASGIHTTPConnection):
-    """Receives the next body chunk only when a streaming body has room for it."""
+    """Receives the next body chunk only when a streaming body has room for it, and drops the
+    rest of the body once the answer starts."""
+
+    async def handle_request(self, nursery: trio.Nursery, request: Request, send: Any) -> None:  # type: ignore[override]
+        body = request.body
+        if isinstance(body, StreamingBody):
+
+            async def send_then_discard(message: Any) -> None:
+                body.discard_rest()
+                await send(message)
+
+            await super().handle_request(nursery, request, send_then_discard)
+        else:
+            await super().handle_request(nursery, request, send)
 
     async def handle_messages(self, nursery: trio.Nursery, request: Request, receive: Any) -> None:  # type: ignore[override]
         body = request.body

@@ -4,6 +4,7 @@ access, limits; on local disk and on a real S3 server, each on SQLite and Postgr
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import hashlib
 import os
@@ -373,6 +374,43 @@ async def test_a_truncated_upload_stores_nothing_and_the_service_keeps_serving(
             await trio.sleep(0.05)
     leftovers = [o for o in stored_objects(media_live) if not o.endswith(tuple("0123456789")) or "tmp" in o]
     assert not any("tmp/" in o or o.startswith("multipart:") for o in leftovers)
+
+
+async def test_an_upload_answered_early_never_leaves_a_writing_client_waiting(
+    media_live: LiveContent,
+) -> None:
+    """httpx, curl and most mobile stacks write the whole body before they read the answer. An upload
+    answered before its body is read (401 here; 409, 413, 429 alike) must reach such a client, or at
+    worst close its connection; the paced body once stopped reading without closing, and both ends
+    waited for ever."""
+    body = bytes(16 * 1024 * 1024)  # far more than the socket buffers hold
+    host, port = media_live.base_url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = (
+        f"POST /v1/media HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    answer = b""
+    with trio.fail_after(30):
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(head + body)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    await stream.aclose()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+    with trio.fail_after(30):
+        try:
+            refused = await media_live.http.post(
+                "/v1/media", content=body, headers={"Content-Type": "image/png"}
+            )
+        except httpx.TransportError:
+            pass  # the connection closed under the body: the client is told, not left waiting
+        else:
+            assert refused.status_code == 401
+        token, _ = await account(media_live, "ana")
+        assert (await upload(media_live, token)).status_code == 201
 
 
 async def test_upload_rate_and_byte_quota_per_user(

@@ -298,18 +298,20 @@ async def test_a_real_tus_client_is_interrupted_and_resumes(media_live: LiveCont
 
 async def test_two_patches_at_once_never_both_append(media_live: LiveContent) -> None:
     token, _ = await account(media_live, "ana")
-    # Small enough to sit in the socket buffers: httpx writes the whole body before it reads an answer,
-    # and a 409 sent before a large body was read can deadlock it (see the session-2 note).
-    data = os.urandom(256 * 1024)
+    # Far more than the socket buffers hold: httpx writes the whole body before it reads the answer,
+    # so each 409, sent while its body is still arriving, must still reach it (or close the
+    # connection); the paced body once stopped reading without closing, and both sides hung.
+    data = os.urandom(8 * MIB)
     url = (await create(media_live, token, len(data))).headers["Location"]
     statuses: list[int] = []
 
     async def attempt() -> None:
         statuses.append((await patch(media_live, token, url, 0, data)).status_code)
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(attempt)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(attempt)
     assert statuses.count(204) == 1, statuses
     assert set(statuses) <= {204, 409}
     got = await download(media_live, token, url.rsplit("/", 1)[1])
