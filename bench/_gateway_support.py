@@ -1186,7 +1186,9 @@ async def _pingpull_server(args: argparse.Namespace) -> None:
 
     async def publish(message: Json) -> Json:
         rounds, mode, batch = int(message["rounds"]), str(message["mode"]), int(message.get("batch", 1000))
-        devices = sorted({(link.user_id, link.device_id) for link in gateway.hub.links()})
+        # The hub's order, the one the raw-send floor below walks too: which socket is written after
+        # which decides how the client processes' wake-ups batch, and must not differ between the two.
+        devices = list(dict.fromkeys((link.user_id, link.device_id) for link in gateway.hub.links()))
         plan: list[list[Publication]] = []
         for head in heads.take(0 if mode == "raw-send" else rounds):
             if mode == "per-user":

@@ -22,6 +22,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import IntegerConverter
 
+from content_svc import schema_cache
 from content_svc.auth import DeviceCache, Principal, authenticate
 from content_svc.context import ContentContext
 from content_svc.errors import (
@@ -75,6 +76,7 @@ class _Request(TrioRequest):
 
 
 def create_app(ctx: ContentContext) -> QuartTrio:
+    schema_cache.install()
     app = QuartTrio("pingpull.content")
     app.request_class = _Request
     app.asgi_http_class = PacedHTTPConnection
