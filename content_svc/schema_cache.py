@@ -39,8 +39,8 @@ def cached_type_adapter(type_: Any, *args: Any, **kwargs: Any) -> TypeAdapter[An
 
 def install() -> None:
     """Make quart-schema use the cache. Idempotent."""
-    quart_schema.conversion.TypeAdapter = cached_type_adapter  # type: ignore[misc,assignment]
+    setattr(quart_schema.conversion, "TypeAdapter", cached_type_adapter)  # noqa: B010 - not re-exported
 
 
 def installed() -> bool:
-    return quart_schema.conversion.TypeAdapter is cached_type_adapter  # type: ignore[comparison-overlap]
+    return getattr(quart_schema.conversion, "TypeAdapter", None) is cached_type_adapter

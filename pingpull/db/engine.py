@@ -36,13 +36,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from pingpull.aio import AsyncioBridge
+from pingpull.db import sqlite_units
 from pingpull.errors import PingpullError
 
 P = ParamSpec("P")
@@ -88,7 +89,7 @@ def create_engine(
         memory = ":memory:" in url or "mode=memory" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")
         # An in-memory database lives in its one connection (SQLAlchemy's StaticPool): nothing to size.
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, **({} if memory else pool))
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine.sync_engine)
         return engine
     # No pool_pre_ping: it costs three round trips per checkout with asyncpg; a connection found dead
     # is replaced and the work retried instead (`Database._in_transaction`).
@@ -101,8 +102,8 @@ def _ensure_sqlite_parent(url: str) -> None:
         Path(path.split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the sqlite3 module so our BEGIN is the one that runs.
         dbapi_connection.isolation_level = None
@@ -116,7 +117,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         read_only = conn.get_execution_options().get(_READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
@@ -178,10 +179,29 @@ class Database:
         self._read_options: dict[str, Any] = {_READ_ONLY: True}
         if engine.dialect.name == "postgresql":
             self._read_options["isolation_level"] = "AUTOCOMMIT"
+        # SQLite files: whole units in one worker thread on the blocking driver (sqlite_units.py).
+        self._sqlite: Engine | None = None
+        if engine.dialect.name == "sqlite" and size is not None:
+            pool = engine.pool
+            self._sqlite = sqlite_units.sync_sqlite_engine(
+                engine.url.render_as_string(hide_password=False),
+                pool_size=size,
+                pool_timeout_s=self._checkout_timeout_s,
+                echo=bool(engine.echo),
+            )
+            _install_sqlite_hooks(self._sqlite)
+            # Units hold a slot (reads) or the writer lock before they get here: as many threads
+            # as connections, apart from trio's shared default limiter.
+            self._sqlite_threads = trio.CapacityLimiter(size)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def units_engine(self) -> Engine:
+        """The engine whose pool serves units of work (SQLite files: the blocking twin)."""
+        return self._sqlite if self._sqlite is not None else self.engine.sync_engine
 
     @property
     def connections_in_use(self) -> int:
@@ -207,7 +227,7 @@ class Database:
         writer = None if read_only else self._writer
         slots = self._slots if writer is None else None  # SQLite writers have their own connection
         if slots is None and writer is None:
-            return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
+            return await self._unit(work, read_only, args, kwargs)
         have_writer = have_slot = False
         try:
             with trio.move_on_after(self._checkout_timeout_s):
@@ -222,7 +242,7 @@ class Database:
                     f"no database connection within {self._checkout_timeout_s:g} s: all "
                     f"{self.pool_size} stayed busy"
                 )
-            return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
+            return await self._unit(work, read_only, args, kwargs)
         finally:
             if have_slot:
                 assert slots is not None
@@ -230,6 +250,39 @@ class Database:
             if have_writer:
                 assert writer is not None
                 writer.release()
+
+    async def _unit(
+        self,
+        work: Callable[..., Coroutine[Any, Any, T]],
+        read_only: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        if self._sqlite is None:
+            return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: sqlite_units.run_unit(
+                    self._sqlite,  # type: ignore[arg-type]
+                    work,
+                    self._read_options if read_only else None,
+                    args,
+                    kwargs,
+                    max_attempts=MAX_ATTEMPTS,
+                    is_retryable=is_retryable,
+                ),
+                limiter=self._sqlite_threads,
+            )
+        except DBAPIError as exc:
+            if is_retryable(exc):
+                raise DatabaseUnavailable(
+                    f"the database stayed busy for {MAX_ATTEMPTS} attempts: {_short(exc)}"
+                ) from exc
+            if is_unavailable(exc):
+                raise DatabaseUnavailable(f"the database connection failed: {_short(exc)}") from exc
+            raise
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"no database connection: {_short(exc)}") from exc
 
     async def _in_transaction(
         self,
@@ -288,6 +341,8 @@ class Database:
         return conn
 
     async def dispose(self) -> None:
+        if self._sqlite is not None:
+            await trio.to_thread.run_sync(self._sqlite.dispose)
         await self.bridge.run(self.engine.dispose)
 
 

@@ -1,6 +1,6 @@
 """The database door under load: a bounded pool that never churns, and "unavailable" instead of 500.
 
-On both backends: no more than `pool_size` connections are ever opened (SQLite: no more aiosqlite
+On both backends: no more than `pool_size` connections are ever opened (SQLite: no more worker
 threads either), a burst far wider than the pool waits its turn instead of opening throwaway
 connections, a checkout that waits longer than `pool_timeout_s` and a server that refuses
 connections both raise `DatabaseUnavailable` (which the content service answers with 503 +
@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class PoolWatch:
         self.connects = 0
         self.out = 0
         self.most_out = 0
-        sync = database.engine.sync_engine
+        sync = database.units_engine
         event.listen(sync, "connect", self._connect)
         event.listen(sync, "checkout", self._checkout)
         event.listen(sync, "checkin", self._checkin)
@@ -61,7 +62,12 @@ class PoolWatch:
 
 
 async def _slow_read(conn: AsyncConnection) -> int:
-    await asyncio.sleep(0.01)  # holds the connection like a real unit of work waiting on I/O
+    # Holds the connection like a real unit of work waiting on I/O: on SQLite the unit runs in a worker
+    # thread of its own (pingpull/db/sqlite_units.py), on PostgreSQL on the asyncio side of the bridge.
+    if conn.dialect.name == "sqlite":
+        time.sleep(0.01)  # noqa: ASYNC251 - a SQLite unit runs in a worker thread
+    else:
+        await asyncio.sleep(0.01)
     return int((await conn.execute(text("SELECT 1"))).scalar_one())
 
 
@@ -91,7 +97,7 @@ async def test_a_burst_wider_than_the_pool_never_opens_more_connections(
     assert 1 <= watch.connects <= POOL
     assert watch.most_out <= POOL
     assert most_in_use <= POOL
-    # aiosqlite runs one thread per connection; asyncpg none. Either way: bounded by the pool.
+    # SQLite units run in worker threads, at most one per connection; asyncpg none. Bounded by the pool.
     assert most_threads - threads_before <= POOL
 
 
@@ -152,16 +158,34 @@ async def test_the_push_workers_wide_batches_do_not_churn_the_pool(
     assert watch.connects <= POOL
 
 
-async def _hold(conn: AsyncConnection, release: asyncio.Event) -> None:
+async def _hold(conn: AsyncConnection, release: asyncio.Event | threading.Event) -> None:
+    """Keep the connection until released (SQLite units block their worker thread; PostgreSQL units
+    wait on the asyncio side)."""
     await conn.execute(text("SELECT 1"))
-    await release.wait()
+    if isinstance(release, threading.Event):
+        release.wait(30)
+    else:
+        await release.wait()
+
+
+async def _new_release(database: Database) -> asyncio.Event | threading.Event:
+    if database.dialect == "sqlite":
+        return threading.Event()
+    return await database.bridge.run(_new_event)
+
+
+async def _let_go(database: Database, release: asyncio.Event | threading.Event) -> None:
+    if isinstance(release, threading.Event):
+        release.set()
+    else:
+        await database.bridge.run(_set, release)
 
 
 async def test_a_checkout_that_waits_too_long_is_unavailable(
     database_url: str, bridge: AsyncioBridge
 ) -> None:
     async with open_database(database_url, bridge, pool_size=1, pool_timeout_s=0.3) as database:
-        release = await bridge.run(_new_event)
+        release = await _new_release(database)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(database.read, _hold, release)
             await trio.sleep(0.1)
@@ -169,7 +193,7 @@ async def test_a_checkout_that_waits_too_long_is_unavailable(
             with pytest.raises(DatabaseUnavailable) as caught:
                 await database.read(_slow_read)
             waited = trio.current_time() - started
-            await bridge.run(_set, release)
+            await _let_go(database, release)
         assert 0.25 <= waited < 3
         assert caught.value.retry_after_s >= 1
         assert "busy" in str(caught.value)
@@ -224,12 +248,12 @@ async def test_the_content_service_answers_503_when_the_pool_is_exhausted(
         alice, _ = await live.account("alice")
         database = live.kernel.database
         assert database is not None
-        release = await live.kernel.bridge.run(_new_event)
+        release = await _new_release(database)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(database.read, _hold, release)
             await trio.sleep(0.1)
             response = await live.http.get("/v1/inbox", headers={"Authorization": f"Bearer {alice.token}"})
-            await live.kernel.bridge.run(_set, release)
+            await _let_go(database, release)
         assert isinstance(response, httpx.Response)
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
@@ -359,11 +383,11 @@ async def test_sqlite_writers_queue_in_the_process_and_reads_run_beside_them(
         inside += 1
         most_inside = max(most_inside, inside)
         await conn.execute(text("UPDATE users SET inbox_head = inbox_head WHERE id = 0"))
-        await asyncio.sleep(0.005)
+        time.sleep(0.005)  # noqa: ASYNC251 - SQLite units run in a worker thread each
         inside -= 1
 
     async with open_database(url, bridge, pool_size=POOL) as database:
-        release = await bridge.run(_new_event)
+        release = await _new_release(database)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(database.transaction, _hold, release)  # a long write transaction
             await trio.sleep(0.1)
@@ -371,7 +395,7 @@ async def test_sqlite_writers_queue_in_the_process_and_reads_run_beside_them(
                 nursery.start_soon(database.transaction, write)
             with trio.fail_after(2):  # a read is not stuck behind the queued writers
                 assert await database.read(_slow_read) == 1
-            await bridge.run(_set, release)
+            await _let_go(database, release)
     assert most_inside == 1
 
 
