@@ -824,19 +824,26 @@ def suggestions(
     tiny, health = floors
     if "range" in by_name:
         db = share(by_name["range"], "database read") + share(by_name["range"], "trio thread: handing")
-        lines.append(
-            f"- **Ranges: the per-request database read.** {db:.0%} of the samples while serving ranges are "
-            "the one `records.readable_media` read each GET makes (trio → asyncio bridge thread → "
-            "aiosqlite's thread and back). A 1-byte range costs pingpull "
-            f"{tiny.cpu_ms['pingpull']:.1f} ms of CPU against {health.cpu_ms['pingpull']:.1f} ms for "
-            "`/healthz`: the read is most of a range request's fixed cost, and a 1 MiB range is "
-            f"served at {median(downloads[1].pingpull):,.0f} req/s, about what 1-byte ranges get "
-            f"({tiny.rps['pingpull']:,.0f} req/s): the bytes are not the problem. Change: cache the "
-            "immutable part of the answer in the content process - (user id, media id) → MediaRecord "
-            "for reads that succeeded, a bounded LRU with a short TTL (e.g. 30 s, so a revoked share "
-            "stops being served within it; media bytes and sha256 never change) - so a client seeking "
-            "through a video pays the database once, not per range."
+        fixed = (
+            f"A 1-byte range costs pingpull {tiny.cpu_ms['pingpull']:.1f} ms of CPU against "
+            f"{health.cpu_ms['pingpull']:.1f} ms for `/healthz`, and a 1 MiB range is served at "
+            f"{median(downloads[1].pingpull):,.0f} req/s against {tiny.rps['pingpull']:,.0f} req/s for "
+            "1-byte ranges: the fixed cost per request, not the bytes, sets the rate."
         )
+        if db >= 0.05:
+            lines.append(
+                f"- **Ranges: the per-request database read.** {db:.0%} of the samples while serving "
+                f"ranges are the `records.readable_media` read. {fixed} Check that the access cache "
+                "(`media.access_cache_ttl_s`) is on: a client seeking through a video should pay the "
+                "database once per TTL, not per range."
+            )
+        else:
+            lines.append(
+                f"- **Ranges: the HTTP stack's cost per request.** The database read is {db:.0%} of the "
+                f"samples (the access cache answers). {fixed} What is left is hypercorn, quart-trio and "
+                'quart per request (docs/architecture.md, "Per-request cost"): a thinner path for '
+                "media GETs than a Quart route is the change that could move this ratio."
+            )
     if "whole" in by_name:
         whole = by_name["whole"]
         lines.append(
