@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration e2e clean bench-bridge bench-media
+.PHONY: run test lint unit integration e2e clean bench-bridge bench-media bench-request-cost
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-bridge: $(STAMP)
 
 bench-media: $(STAMP)
 	$(BIN)/python -m bench.media
+
+bench-request-cost: $(STAMP)
+	$(BIN)/python -m bench.request_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
