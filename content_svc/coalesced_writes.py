@@ -1,0 +1,58 @@
+"""An HTTP/1.1 answer leaves in one socket write where it can, instead of three.
+
+hypercorn's h11 protocol writes every h11 event as it comes: the status line and headers, then each
+body chunk, then the end of the message (for a Content-Length body, zero bytes, which still costs a
+pass through trio's scheduler). A JSON answer therefore took two `send()` calls and three
+`send_all` awaits; the client got two TCP segments and woke twice. Per request that is a visible part
+of the content service's CPU (docs/architecture.md, "Per-request cost").
+
+Here the head of a final answer is held until the first body chunk or the end of the message and
+goes out with it; an empty end of message that has nothing to carry is not written at all.
+Interim answers (100 Continue) are written at once: a client waits for them before it sends its
+body. Nothing else changes: the same bytes, in the same order, from the same h11 state machine.
+
+This replaces one method of hypercorn's `H11Protocol` (hypercorn 0.18; a test pins the behaviour
+on the wire, so an upgrade that changes the method shows up there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+from hypercorn.events import RawData
+from hypercorn.protocol.h11 import H11Protocol
+
+_HELD = "_pingpull_held_head"
+_original = H11Protocol._send_h11_event
+
+
+async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
+    try:
+        data = self.connection.send(event)
+    except h11.LocalProtocolError:
+        if self.connection.their_state != h11.ERROR:
+            raise
+        return
+    held: bytes | None = getattr(self, _HELD, None)
+    if isinstance(event, h11.Response):
+        setattr(self, _HELD, (held or b"") + data)
+        return
+    if held:
+        setattr(self, _HELD, None)
+        data = held + data
+    if data:
+        await self.send(RawData(data=data))
+
+
+def install() -> None:
+    """Idempotent."""
+    H11Protocol._send_h11_event = _send_h11_event_coalesced  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    return H11Protocol._send_h11_event is _send_h11_event_coalesced
+
+
+def uninstall() -> None:
+    H11Protocol._send_h11_event = _original  # type: ignore[method-assign]

@@ -1,0 +1,86 @@
+"""hypercorn's HTTP/1.1 answers leave in one write: the head waits for the first body bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import pytest
+import trio
+from hypercorn.events import RawData
+
+from content_svc import coalesced_writes
+
+
+class FakeProtocol:
+    """The two attributes of hypercorn's H11Protocol the method uses: the h11 connection, and `send`."""
+
+    def __init__(self, request: bytes, *, whole: bool = True) -> None:
+        self.connection = h11.Connection(h11.SERVER)
+        self.connection.receive_data(request)
+        event = self.connection.next_event()
+        while whole and not isinstance(event, h11.EndOfMessage):
+            event = self.connection.next_event()
+        self.writes: list[bytes] = []
+
+    async def send(self, event: Any) -> None:
+        assert isinstance(event, RawData)
+        self.writes.append(event.data)
+
+
+def run(protocol: FakeProtocol, *events: Any) -> None:
+    async def main() -> None:
+        for event in events:
+            await coalesced_writes._send_h11_event_coalesced(protocol, event)
+
+    trio.run(main)
+
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+HEAD = h11.Response(status_code=200, headers=[("Content-Length", "15"), ("Content-Type", "application/json")])
+
+
+def test_a_json_answer_is_one_write_with_the_same_bytes() -> None:
+    coalesced = FakeProtocol(GET)
+    run(coalesced, HEAD, h11.Data(data=b'{"status":"ok"}'), h11.EndOfMessage())
+    plain = h11.Connection(h11.SERVER)
+    plain.receive_data(GET)
+    plain.next_event(), plain.next_event()
+    expected = (
+        plain.send(HEAD) + plain.send(h11.Data(data=b'{"status":"ok"}')) + plain.send(h11.EndOfMessage())
+    )  # type: ignore[operator]
+    assert coalesced.writes == [expected]
+
+
+def test_a_streamed_answer_sends_the_head_with_its_first_chunk_then_each_chunk() -> None:
+    protocol = FakeProtocol(GET)
+    streamed = h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")])
+    run(protocol, streamed, h11.Data(data=b"one"), h11.Data(data=b"two"), h11.EndOfMessage())
+    assert len(protocol.writes) == 3
+    assert protocol.writes[0].startswith(b"HTTP/1.1 200 ") and protocol.writes[0].endswith(b"3\r\none\r\n")
+    assert protocol.writes[1] == b"3\r\ntwo\r\n"
+    assert protocol.writes[2] == b"0\r\n\r\n"
+
+
+def test_an_answer_without_a_body_goes_out_at_its_end() -> None:
+    protocol = FakeProtocol(GET)
+    run(protocol, h11.Response(status_code=204, headers=[]), h11.EndOfMessage())
+    assert len(protocol.writes) == 1 and protocol.writes[0].startswith(b"HTTP/1.1 204 ")
+
+
+def test_100_continue_is_written_at_once() -> None:
+    """The client waits for it before it sends its body: holding it back would stall the upload."""
+    expecting = b"POST /v1/media HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    protocol = FakeProtocol(expecting, whole=False)
+    run(protocol, h11.InformationalResponse(status_code=100, headers=[]))
+    assert protocol.writes == [b"HTTP/1.1 100 \r\n\r\n"]
+
+
+def test_installed_by_the_content_app() -> None:
+    from content_svc.app import create_app
+
+    coalesced_writes.uninstall()
+    assert not coalesced_writes.installed()
+    with pytest.raises(Exception):  # noqa: B017 - create_app needs a context; install comes first
+        create_app(None)  # type: ignore[arg-type]
+    assert coalesced_writes.installed()
