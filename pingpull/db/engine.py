@@ -138,6 +138,12 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+def retry_delay_s(attempt: int) -> float:
+    """How long to wait before running a unit of work again after its `attempt`-th failure
+    (full jitter, doubling)."""
+    return random.uniform(0, 0.005 * 2**attempt)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True for errors that say the server cannot take work now (refused, full, going away)."""
     if isinstance(exc, DBAPIError):
@@ -182,7 +188,6 @@ class Database:
         # SQLite files: whole units in one worker thread on the blocking driver (sqlite_units.py).
         self._sqlite: Engine | None = None
         if engine.dialect.name == "sqlite" and size is not None:
-            pool = engine.pool
             self._sqlite = sqlite_units.sync_sqlite_engine(
                 engine.url.render_as_string(hide_password=False),
                 pool_size=size,
@@ -190,9 +195,9 @@ class Database:
                 echo=bool(engine.echo),
             )
             _install_sqlite_hooks(self._sqlite)
-            # Units hold a slot (reads) or the writer lock before they get here: as many threads
-            # as connections, apart from trio's shared default limiter.
-            self._sqlite_threads = trio.CapacityLimiter(size)
+        # Units hold a slot (reads) or the writer lock before they get here: as many threads as
+        # connections, apart from trio's shared default limiter.
+        self._sqlite_threads = trio.CapacityLimiter(size or 1)
 
     @property
     def dialect(self) -> str:
@@ -258,18 +263,20 @@ class Database:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
-        if self._sqlite is None:
+        sqlite = self._sqlite
+        if sqlite is None:
             return await self.bridge.run(self._in_transaction, work, read_only, args, kwargs)
         try:
             return await trio.to_thread.run_sync(
                 lambda: sqlite_units.run_unit(
-                    self._sqlite,  # type: ignore[arg-type]
+                    sqlite,
                     work,
                     self._read_options if read_only else None,
                     args,
                     kwargs,
                     max_attempts=MAX_ATTEMPTS,
                     is_retryable=is_retryable,
+                    retry_delay_s=retry_delay_s,
                 ),
                 limiter=self._sqlite_threads,
             )
@@ -324,7 +331,7 @@ class Database:
                     type(exc).__name__,
                     attempt,
                 )
-                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+                await asyncio.sleep(retry_delay_s(attempt))
             finally:
                 await conn.close()
         raise AssertionError("unreachable")

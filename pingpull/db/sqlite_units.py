@@ -16,7 +16,6 @@ loudly. PostgreSQL keeps the asyncio path: asyncpg round trips are network round
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -89,6 +88,7 @@ def run_unit(
     *,
     max_attempts: int,
     is_retryable: Callable[[BaseException], bool],
+    retry_delay_s: Callable[[int], float],
 ) -> T:
     """One unit of work in a transaction (read or write per `read_options`), retried while SQLite
     reports the database locked. Runs in a worker thread; blocking is what it is for."""
@@ -102,5 +102,5 @@ def run_unit(
         except DBAPIError as exc:
             if not is_retryable(exc) or attempt == max_attempts:
                 raise
-            time.sleep(random.uniform(0, 0.005 * 2**attempt))
+            time.sleep(retry_delay_s(attempt))
     raise AssertionError("unreachable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from pathlib import Path
@@ -15,7 +16,13 @@ from sqlalchemy.exc import OperationalError
 
 from pingpull.aio import open_asyncio_bridge
 from pingpull.db import sqlite_units
-from pingpull.db.engine import DatabaseUnavailable, _install_sqlite_hooks, is_retryable, open_database
+from pingpull.db.engine import (
+    DatabaseUnavailable,
+    _install_sqlite_hooks,
+    is_retryable,
+    open_database,
+    retry_delay_s,
+)
 
 
 def test_a_coroutine_that_never_suspends_is_driven_to_its_value() -> None:
@@ -55,7 +62,7 @@ async def _fails_after_insert(conn: Any) -> None:
 
 def test_a_unit_commits_or_leaves_nothing(tmp_path: Path) -> None:
     engine = _engine(tmp_path)
-    run = sqlite_units.run_unit
+    run = functools.partial(sqlite_units.run_unit, retry_delay_s=retry_delay_s)
     assert run(engine, _insert, None, (1,), {}, max_attempts=3, is_retryable=is_retryable) == 1
     with pytest.raises(ValueError):
         run(engine, _fails_after_insert, None, (), {}, max_attempts=3, is_retryable=is_retryable)
@@ -84,7 +91,16 @@ def test_a_locked_database_is_retried_until_the_lock_goes(tmp_path: Path) -> Non
             threading.Timer(0.05, holder.rollback).start()  # let go while the unit backs off
         return is_retryable(exc)
 
-    added = sqlite_units.run_unit(impatient, _insert, None, (5,), {}, max_attempts=12, is_retryable=retryable)
+    added = sqlite_units.run_unit(
+        impatient,
+        _insert,
+        None,
+        (5,),
+        {},
+        max_attempts=12,
+        is_retryable=retryable,
+        retry_delay_s=retry_delay_s,
+    )
     assert added == 1
     assert refusals and all("locked" in r for r in refusals)
     holder.close()
