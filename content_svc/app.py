@@ -32,9 +32,10 @@ from content_svc.errors import (
     UnsupportedMediaType,
     problem_body,
 )
+from content_svc.media.fast_lane import MediaFastLane
 from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
+from content_svc.observe import observe_request
 from content_svc.openapi import PingpullOpenAPI
-from pingpull import logs
 from pingpull.db.engine import DatabaseUnavailable
 from pingpull.wire import MAX_U64
 
@@ -91,7 +92,7 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     app.url_map.converters["id"] = IdConverter
     app.url_map.strict_slashes = False
     app.extensions[_EXTENSION] = ctx
-    app.extensions["pingpull.devices"] = DeviceCache()
+    devices = app.extensions["pingpull.devices"] = DeviceCache()
     QuartSchema(
         app,
         openapi_path="/v1/openapi.json",
@@ -117,7 +118,7 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    app.asgi_app = _shield_final_send(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = _shield_final_send(MediaFastLane(app.asgi_app, ctx, devices))  # type: ignore[method-assign]
     return app
 
 
@@ -195,24 +196,15 @@ async def _finish_request(response: Response) -> Response:
         # its next request meets a closed socket. (Small bodies of other routes are read and dropped.)
         response.headers["Connection"] = "close"
     started = g.get("started_at")
-    elapsed = time.perf_counter() - started if started is not None else 0.0
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    metrics = context().metrics
-    metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-    metrics.latency.labels(request.method, route).observe(elapsed)
-    found: Principal | None = g.get("principal")
-    # The path, never the query string: tokens may travel there. No bodies, no headers.
-    logs.event(
-        log,
-        "request",
+    observe_request(
+        context().metrics,
         method=request.method,
-        route=route,
+        route=request.url_rule.rule if request.url_rule is not None else "<unmatched>",
         path=request.path,
         status=response.status_code,
-        duration_ms=round(elapsed * 1000, 2),
-        user_id=found.user_id if found else None,
-        device_id=found.device_id if found else None,
-        http=request.http_version,
+        elapsed_s=time.perf_counter() - started if started is not None else 0.0,
+        principal=g.get("principal"),
+        http_version=request.http_version,
     )
     return response
 

@@ -58,6 +58,18 @@ class DeviceCache:
             self._verified.move_to_end(token)
         return claims
 
+    def recall(self, verifier: TokenVerifier, token: str) -> Claims | None:
+        """The claims of a token verified before and not yet expired; None otherwise (no signature
+        is checked here, so a caller that gets None must take the path that verifies)."""
+        claims = self._verified.get(token)
+        if claims is None:
+            return None
+        try:
+            verifier.check_expiry(claims)
+        except TokenError:
+            return None
+        return claims
+
     def fresh(self, key: tuple[int, int]) -> bool:
         seen_at = self._seen.get(key)
         if seen_at is None or time.monotonic() - seen_at > _KNOWN_DEVICE_TTL_S:
@@ -73,7 +85,11 @@ class DeviceCache:
 
 
 def bearer_token() -> str:
-    header = request.headers.get("Authorization", "")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` value; raises `Unauthorized` otherwise."""
     scheme, _, token = header.partition(" ")
     if not header:
         raise Unauthorized("send Authorization: Bearer <token>")

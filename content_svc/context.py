@@ -68,6 +68,11 @@ class ContentMetrics:
         self.media_bytes_out = Counter(
             "pingpull_media_served_bytes", "Media bytes this process sent to clients.", registry=self.registry
         )
+        self.media_fast_answers = Counter(
+            "pingpull_media_fast_answers",
+            "Downloads answered by the fast lane (access and token already in memory, one read).",
+            registry=self.registry,
+        )
         self.media_redirects = Counter(
             "pingpull_media_redirects", "Downloads answered with a presigned URL.", registry=self.registry
         )

@@ -166,6 +166,10 @@ class BlobStore(abc.ABC):
     def read(self, media_id: str, start: int, stop: int, chunk_bytes: int) -> AsyncIterator[bytes]:
         """Bytes [start, stop) of the object, in chunks of at most `chunk_bytes`."""
 
+    async def read_at_once(self, media_id: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) in one piece: for answers small enough to hold whole (one read chunk)."""
+        return b"".join([chunk async for chunk in self.read(media_id, start, stop, max(1, stop - start))])
+
     async def sha256_of(self, media_id: str, chunk_bytes: int) -> Digest:
         size = await self.size_of(media_id)
         if size is None:
@@ -235,10 +239,7 @@ class LocalBlobStore(BlobStore):
         closed in a single worker-thread call: each thread hop costs about as much CPU as reading
         a megabyte from the page cache, and three of them were most of a small range's cost."""
         if 0 < stop - start <= chunk_bytes:
-            whole = await _in_thread(_read_range, self.object_path(media_id), start, stop - start)
-            if len(whole) < stop - start:
-                raise StorageUnavailable(f"object {media_id} is shorter than recorded")
-            yield whole
+            yield await self.read_at_once(media_id, start, stop)
             return
         handle: IO[bytes] = await _in_thread(open, self.object_path(media_id), "rb", buffering=0)
         fd = handle.fileno()
@@ -261,6 +262,15 @@ class LocalBlobStore(BlobStore):
                 if ahead is not None:  # never close the descriptor under a read still running
                     await ahead.settled()
                 await _in_thread(handle.close)
+
+    async def read_at_once(self, media_id: str, start: int, stop: int) -> bytes:
+        try:
+            whole = await _in_thread(_read_range, self.object_path(media_id), start, stop - start)
+        except FileNotFoundError as exc:
+            raise StorageUnavailable(f"object {media_id} is missing") from exc
+        if len(whole) < stop - start:
+            raise StorageUnavailable(f"object {media_id} is shorter than recorded")
+        return whole
 
     async def delete(self, media_id: str) -> None:
         await _in_thread(_unlink, self.object_path(media_id))

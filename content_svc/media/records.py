@@ -9,6 +9,8 @@ not block the upload forever), and its offset moves only by the holder of that l
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,17 @@ from content_svc.errors import Conflict, NotFound, Unprocessable
 from content_svc.media.blobs import UploadState
 from pingpull.db import dialects
 from pingpull.db.schema import media, members, message_media, uploads
+
+_MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def looks_like_media_id(value: str) -> bool:
+    return bool(_MEDIA_ID.match(value))
+
+
+def new_media_id() -> str:
+    """32 URL-safe characters, 192 random bits: unguessable, and valid as a path segment and S3 key."""
+    return secrets.token_urlsafe(24)
 
 
 @dataclass(frozen=True, slots=True)

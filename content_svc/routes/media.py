@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,12 +13,11 @@ from quart_schema import validate_response
 from content_svc.app import context, principal
 from content_svc.context import ContentContext, MediaContext
 from content_svc.errors import InvalidRequest, NotFound, RateLimited
-from content_svc.media import ranges, records
+from content_svc.media import downloads, ranges, records
 from content_svc.media.blobs import BlobStore
 from content_svc.media.errors import (
     ContentTypeNotAllowed,
     DigestMismatch,
-    RangeNotSatisfiable,
     StorageUnavailable,
 )
 from content_svc.media.streaming import iter_body
@@ -31,18 +29,6 @@ blueprint = Blueprint("media", __name__)
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,128}(\s*;.{0,120})?$")
 # A download may take a while on a phone; give up on a reader slower than this.
 _SLOWEST_READER_BYTES_PER_S = 8 * 1024
-
-
-_MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-
-
-def looks_like_media_id(value: str) -> bool:
-    return bool(_MEDIA_ID.match(value))
-
-
-def new_media_id() -> str:
-    """32 URL-safe characters, 192 random bits: unguessable, and valid as a path segment and S3 key."""
-    return secrets.token_urlsafe(24)
 
 
 def media_context() -> MediaContext:
@@ -99,7 +85,7 @@ async def upload() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise InvalidRequest(str(exc)) from exc
     charge_upload(media, who.user_id, request.content_length)
 
-    media_id = new_media_id()
+    media_id = records.new_media_id()
     writer = await media.blobs.begin_object(media_id, content_type)
     outcome = "failed"
     try:
@@ -153,57 +139,36 @@ async def download(media_id: str) -> Response:
     ctx = context()
     media = media_context()
     who = await principal()
-    if not looks_like_media_id(media_id):
+    if not records.looks_like_media_id(media_id):
         raise NotFound("no such media")
     record = media.access_cache.get(who.user_id, media_id)
     if record is None:
         record = await ctx.database.read(records.readable_media, who.user_id, media_id)
         media.access_cache.remember(who.user_id, record)
-    etag = ranges.strong_etag(record.sha256)
     settings = media.settings
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Cache-Control": f"private, max-age={settings.cache_max_age_s}, immutable",
-        "X-Content-Type-Options": "nosniff",
-        # Media is user content: never let a browser run it in our origin.
-        "Content-Security-Policy": "sandbox; default-src 'none'",
-    }
-    if ranges.if_none_match_hit(request.headers.get("If-None-Match"), etag):
-        return _answer(b"", 304, headers)
+    headers = downloads.validator_headers(record, settings)
+    if downloads.not_modified(request.headers, headers):
+        return _not_modified(headers)
     if settings.backend == "s3" and settings.s3_download_mode == "redirect":
         url = await media.blobs.presigned_get(media_id, settings.s3_presign_ttl_s, record.content_type)
         if url is not None:
             ctx.metrics.media_redirects.inc()
             # The URL expires; caching the redirect would outlive it.
-            return _answer(b"", 302, {"Location": url, "Cache-Control": "private, no-store", "ETag": etag})
-
-    size = record.size
-    decision: ranges.RangeDecision = ranges.Whole()
-    if ranges.if_range_allows_partial(request.headers.get("If-Range"), etag):
-        decision = ranges.parse_range(request.headers.get("Range"), size, max_ranges=settings.max_ranges)
-    if isinstance(decision, ranges.Unsatisfiable):
-        raise RangeNotSatisfiable(size)
+            return _answer(
+                b"", 302, {"Location": url, "Cache-Control": "private, no-store", "ETag": headers["ETag"]}
+            )
+    plan = downloads.body_plan(record, request.headers, settings, headers)
     chunk = settings.read_chunk_bytes
-    if isinstance(decision, ranges.Partial) and len(decision.ranges) == 1:
-        (one,) = decision.ranges
-        headers["Content-Range"] = one.content_range(size)
-        headers["Content-Type"] = record.content_type
-        body = _count(media.blobs.read(media_id, one.start, one.stop, chunk), ctx)
-        return _stream(body, 206, headers, one.length)
-    if isinstance(decision, ranges.Partial):
-        framing = ranges.MultipartByteranges(
-            decision.ranges, size, record.content_type, ranges.new_boundary()
-        )
-        headers["Content-Type"] = framing.content_type_header
-        return _stream(
-            _count(_multipart(media.blobs, media_id, framing, chunk), ctx),
-            206,
-            headers,
-            framing.content_length,
-        )
-    headers["Content-Type"] = record.content_type
-    return _stream(_count(media.blobs.read(media_id, 0, size, chunk), ctx), 200, headers, size)
+    if isinstance(plan, downloads.Multipart):
+        body = _multipart(media.blobs, media_id, plan.framing, chunk)
+        return _stream(_count(body, ctx), 206, headers, plan.framing.content_length)
+    if plan.length <= chunk:
+        # Read before answering: a missing object is a 503 problem, not a connection cut after a 200.
+        data = await media.blobs.read_at_once(media_id, plan.start, plan.stop) if plan.length else b""
+        ctx.metrics.media_bytes_out.inc(len(data))
+        return _answer(data, plan.status, headers)
+    body = media.blobs.read(media_id, plan.start, plan.stop, chunk)
+    return _stream(_count(body, ctx), plan.status, headers, plan.length)
 
 
 async def _multipart(
@@ -224,6 +189,15 @@ async def _count(body: AsyncIterator[bytes], ctx: ContentContext) -> AsyncIterat
 
 def _answer(body: bytes, status: int, headers: dict[str, str]) -> Response:
     response: Response = current_app.response_class(body, status=status, headers=headers)
+    return response
+
+
+def _not_modified(headers: dict[str, str]) -> Response:
+    """A 304 carries the validators and caching headers only: no Content-Type (a cache would take it
+    as the media's) and no Content-Length (RFC 9110 §8.6: only the 200's length may appear there)."""
+    response = _answer(b"", 304, headers)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
     return response
 
 

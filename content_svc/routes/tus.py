@@ -29,9 +29,7 @@ from content_svc.openapi import answers_without_body
 from content_svc.routes.media import (
     charge_upload,
     checked_content_type,
-    looks_like_media_id,
     media_context,
-    new_media_id,
 )
 
 blueprint = Blueprint("tus", __name__)
@@ -111,7 +109,7 @@ async def create() -> Response:
         raise UnsupportedMediaType(f"an upload's first chunk must be sent as {tus.OFFSET_CONTENT_TYPE}")
     charge_upload(media, who.user_id, length)
 
-    upload_id = new_media_id()
+    upload_id = records.new_media_id()
     now_ms = ctx.clock_ms()
     expires_at_ms = now_ms + media.settings.upload_expiry_s * 1000
     await ctx.database.transaction(
@@ -200,7 +198,7 @@ async def terminate(upload_id: str) -> Response:
 
 
 def _checked_id(upload_id: str) -> str:
-    if not looks_like_media_id(upload_id):
+    if not records.looks_like_media_id(upload_id):
         raise NotFound("no such upload")
     return upload_id
 

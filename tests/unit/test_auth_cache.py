@@ -75,3 +75,16 @@ def test_an_altered_token_is_not_served_from_the_cache(minted: tuple[str, Counti
     with pytest.raises(TokenError):
         cache.verify(verifier, forged)
     assert verifier.calls == 2
+
+
+def test_recall_returns_only_verified_unexpired_claims_and_never_verifies(
+    minted: tuple[str, CountingVerifier], clock: Clock
+) -> None:
+    token, verifier = minted
+    cache = DeviceCache()
+    assert cache.recall(verifier, token) is None  # never verified here: the caller must verify
+    claims = cache.verify(verifier, token)
+    assert cache.recall(verifier, token) == claims
+    clock.now += 3600 + 31
+    assert cache.recall(verifier, token) is None
+    assert verifier.calls == 1

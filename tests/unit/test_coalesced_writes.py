@@ -60,6 +60,16 @@ def test_a_streamed_answer_sends_the_head_with_its_first_chunk_then_each_chunk()
     assert protocol.writes[2] == b"0\r\n\r\n"
 
 
+def test_a_large_body_is_not_copied_behind_its_head_but_written_as_it_is() -> None:
+    body = bytes(range(256)) * (coalesced_writes._COPY_AT_MOST_BYTES // 256 + 1)
+    protocol = FakeProtocol(GET)
+    head = h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])
+    run(protocol, head, h11.Data(data=body), h11.EndOfMessage())
+    assert len(protocol.writes) == 2
+    assert protocol.writes[0].startswith(b"HTTP/1.1 200 ") and protocol.writes[0].endswith(b"\r\n\r\n")
+    assert protocol.writes[1] is body
+
+
 def test_an_answer_without_a_body_goes_out_at_its_end() -> None:
     protocol = FakeProtocol(GET)
     run(protocol, h11.Response(status_code=204, headers=[]), h11.EndOfMessage())

@@ -1,0 +1,160 @@
+"""The fast lane: small media answers served in front of Quart.
+
+A player seeking through a video, a chat scrolling past its pictures: media downloads come in bursts
+of small requests, and each one paid about twice its own work in the framework around it (request and
+app contexts, routing, before/after hooks, the response object, a streamed body wrapped in tasks;
+docs/architecture.md, "Per-request cost"). When everything a download needs is already in memory
+the lane answers it directly on the ASGI interface, with the same decisions as the route
+(`downloads`), the same metrics and the same request log:
+
+* a bearer token this process verified before (`DeviceCache.recall`) and a device seen recently,
+* a remembered "this user may read this media" (`AccessCache`),
+* an answer that is a 304, or one span of at most one read chunk (`read_chunk_bytes`) from local disk.
+
+Anything else (a first request, a token to verify, a database question, several ranges, a 416, a
+large whole object, S3, any error) is handed to the Quart app untouched, which answers it, problem+json
+included. Nothing is sent before the lane is sure it can answer, so a read that fails also falls
+back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from content_svc.auth import DeviceCache, Principal, parse_bearer
+from content_svc.context import ContentContext, MediaContext
+from content_svc.errors import ContentError
+from content_svc.media import downloads, records
+from content_svc.observe import observe_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# The app behind the lane (Quart's, typed with its own ASGI TypedDicts).
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+ROUTE: Final = "/v1/media/<media_id>"  # the Quart rule: metrics and logs use one label for both paths
+_PREFIX: Final = "/v1/media/"
+_METHODS: Final = frozenset({"GET", "HEAD"})
+# Request headers the lane reads; if one of them comes twice the request is left to the route.
+_WANTED: Final = frozenset({b"authorization", b"range", b"if-range", b"if-none-match"})
+
+
+class _Headers:
+    """The few request headers the decisions read, by their canonical names."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+
+    def get(self, key: str, /) -> str | None:
+        return self._values.get(key.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: dict[str, str]
+    span: downloads.Span | None  # None: a 304, no body
+    media_id: str
+    principal: Principal
+
+
+class MediaFastLane:
+    """ASGI middleware: answers what it can from memory, passes every other request to `app`."""
+
+    def __init__(self, app: ASGIApp, ctx: ContentContext, devices: DeviceCache) -> None:
+        self._app = app
+        self._ctx = ctx
+        self._devices = devices
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        media = self._ctx.media
+        if (
+            media is not None
+            and media.settings.backend == "local"
+            and scope["type"] == "http"
+            and scope["method"] in _METHODS
+            and scope["path"].startswith(_PREFIX)
+        ):
+            started = time.perf_counter()
+            answer = self._decide(scope, media)
+            if answer is not None and await self._serve(scope, send, media, answer, started):
+                return
+        await self._app(scope, receive, send)
+
+    def _decide(self, scope: Scope, media: MediaContext) -> _Answer | None:
+        """The answer, if memory holds all it takes; no awaits, no side effects but cache bookkeeping."""
+        media_id = scope["path"][len(_PREFIX) :]
+        if not records.looks_like_media_id(media_id):
+            return None
+        values: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in _WANTED:
+                key = name.decode("ascii")
+                if key in values:
+                    return None
+                values[key] = value.decode("latin-1")
+        headers_in = _Headers(values)
+        try:
+            token = parse_bearer(values.get("authorization", ""))
+        except ContentError:
+            return None
+        claims = self._devices.recall(self._ctx.verifier, token)
+        if claims is None or not self._devices.fresh((claims.user_id, claims.device_id)):
+            return None
+        record = media.access_cache.get(claims.user_id, media_id)
+        if record is None:
+            return None
+        principal = Principal(user_id=claims.user_id, device_id=claims.device_id)
+        headers = downloads.validator_headers(record, media.settings)
+        if downloads.not_modified(headers_in, headers):
+            return _Answer(304, headers, None, media_id, principal)
+        try:
+            plan = downloads.body_plan(record, headers_in, media.settings, headers)
+        except ContentError:  # a 416: the route renders the problem
+            return None
+        if not isinstance(plan, downloads.Span) or plan.length > media.settings.read_chunk_bytes:
+            return None
+        return _Answer(plan.status, headers, plan, media_id, principal)
+
+    async def _serve(
+        self, scope: Scope, send: Send, media: MediaContext, answer: _Answer, started: float
+    ) -> bool:
+        """Send the answer; False (nothing sent) if its bytes cannot be read."""
+        span = answer.span
+        body = b""
+        if span is not None and span.length and scope["method"] == "GET":
+            try:
+                body = await media.blobs.read_at_once(answer.media_id, span.start, span.stop)
+            except (ContentError, OSError):
+                return False  # the route reads again and renders the error
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in answer.headers.items()
+        ]
+        if span is not None:
+            headers.append((b"content-length", str(span.length).encode("ascii")))
+        # Counted and logged before sending, as the route's after-request hook does.
+        metrics = self._ctx.metrics
+        metrics.media_fast_answers.inc()
+        if body:
+            metrics.media_bytes_out.inc(len(body))
+        observe_request(
+            metrics,
+            method=scope["method"],
+            route=ROUTE,
+            path=scope["path"],
+            status=answer.status,
+            elapsed_s=time.perf_counter() - started,
+            principal=answer.principal,
+            http_version=scope["http_version"],
+        )
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return True

@@ -1,0 +1,193 @@
+"""The media fast lane answers exactly as the Quart route does, byte for byte on the wire, and leaves
+everything it cannot answer from memory to the route.
+
+Each case is sent twice over a raw socket: first with the access cache emptied (the route answers and
+remembers the reader), then again (the lane answers). The two answers must be the same bytes apart
+from the Date header. The lane serves local disk only; on S3 it must never answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+
+from tests.integration.media.conftest import build_media_server
+from tests.support.live import LiveContent
+
+pytestmark = pytest.mark.s3
+
+BLOB = os.urandom(300_000)
+ETAG = f'"{hashlib.sha256(BLOB).hexdigest()}"'
+
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+async def raw_exchange(server: LiveContent, method: str, path: str, fields: list[tuple[str, str]]) -> Answer:
+    """One request on a fresh connection: the status, the header fields as sent (Date left out), the body."""
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+    client = h11.Connection(h11.CLIENT)
+    async with stream:
+        request = h11.Request(method=method, target=path, headers=[("Host", "t"), *fields])
+        await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+        status, head, body = 0, [], b""
+        with trio.fail_after(10):
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(1 << 20))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    head = [(k, v) for k, v in event.headers.raw_items() if k.lower() != b"date"]
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return status, head, body
+
+
+def fast_answers(server: LiveContent) -> float:
+    return server.context.metrics.media_fast_answers._value.get()  # type: ignore[attr-defined]
+
+
+def forget_readers(server: LiveContent) -> None:
+    media = server.context.media
+    assert media is not None
+    media.access_cache._entries.clear()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def uploaded(media_live: LiveContent) -> tuple[LiveContent, str, str]:
+    _, created = await media_live.account("ana")
+    token = created["token"]
+    answer = await media_live.http.post(
+        "/v1/media", content=BLOB, headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
+    )
+    assert answer.status_code == 201, answer.text
+    return media_live, token, answer.json()["media_id"]
+
+
+CASES = {
+    "whole": ("GET", {}),
+    "one range": ("GET", {"Range": "bytes=100-199"}),
+    "suffix range": ("GET", {"Range": "bytes=-10"}),
+    "open range": ("GET", {"Range": "bytes=299990-"}),
+    "junk range: the whole": ("GET", {"Range": "bytes=9-5"}),
+    "stale If-Range: the whole": ("GET", {"Range": "bytes=5-9", "If-Range": '"stale"'}),
+    "matching If-Range": ("GET", {"Range": "bytes=5-9", "If-Range": ETAG}),
+    "If-None-Match: 304": ("GET", {"If-None-Match": ETAG}),
+    "HEAD": ("HEAD", {}),
+    "HEAD of a range": ("HEAD", {"Range": "bytes=0-9"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_the_lane_answers_the_same_bytes_as_the_route(
+    uploaded: tuple[LiveContent, str, str], case: str
+) -> None:
+    server, token, media_id = uploaded
+    method, extra = CASES[case]
+    headers = [*bearer(token), *extra.items()]
+    path = f"/v1/media/{media_id}"
+    forget_readers(server)
+    before = fast_answers(server)
+    by_route = await raw_exchange(server, method, path, headers)
+    assert fast_answers(server) == before, "the first request must be the route's (nothing remembered)"
+    again = await raw_exchange(server, method, path, headers)
+    local = server.context.media is not None and server.context.media.settings.backend == "local"
+    assert fast_answers(server) == before + (1 if local else 0)
+    assert again == by_route
+    status, fields, _ = by_route
+    assert status in (200, 206, 304)
+    if status == 304:  # RFC 9110 §8.6 and §15.4.5: no Content-Length but the 200's, no representation type
+        assert {name.lower() for name, _ in fields}.isdisjoint({b"content-length", b"content-type"})
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("Authorization", f"Bearer {token}")]
+
+
+LEFT_TO_THE_ROUTE: dict[str, tuple[list[tuple[str, str]], int]] = {
+    "several ranges": ([("Range", "bytes=0-9, 20-29")], 206),
+    "an unsatisfiable range": ([("Range", "bytes=300000-")], 416),
+    "Range twice": ([("Range", "bytes=0-0"), ("Range", "bytes=1-1")], 206),  # the route reads the first
+}
+
+
+@pytest.mark.parametrize("case", list(LEFT_TO_THE_ROUTE))
+async def test_what_the_lane_does_not_decide_goes_to_the_route(
+    uploaded: tuple[LiveContent, str, str], case: str
+) -> None:
+    server, token, media_id = uploaded
+    extra, status = LEFT_TO_THE_ROUTE[case]
+    path = f"/v1/media/{media_id}"
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[0] == 200  # remembered now
+    before = fast_answers(server)
+    got = await raw_exchange(server, "GET", path, bearer(token) + extra)
+    assert got[0] == status
+    assert fast_answers(server) == before
+
+
+async def test_tokens_and_readers_not_in_memory_go_to_the_route(
+    uploaded: tuple[LiveContent, str, str],
+) -> None:
+    server, token, media_id = uploaded
+    path = f"/v1/media/{media_id}"
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[0] == 200
+    _, other = await server.account("bob")
+    before = fast_answers(server)
+    assert (await raw_exchange(server, "GET", path, bearer("not-a-token")))[0] == 401
+    assert (await raw_exchange(server, "GET", path, []))[0] == 401
+    assert (await raw_exchange(server, "GET", path, [("Authorization", f"Basic {token}")]))[0] == 401
+    # bob's token is verified by the route on his first request; his access is never remembered
+    for _ in range(2):
+        assert (await raw_exchange(server, "GET", path, bearer(other["token"])))[0] == 404
+    assert fast_answers(server) == before
+
+
+async def test_a_read_that_fails_is_left_to_the_route_which_renders_the_error(
+    uploaded: tuple[LiveContent, str, str],
+) -> None:
+    server, token, media_id = uploaded
+    media = server.context.media
+    assert media is not None
+    path = f"/v1/media/{media_id}"
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[0] == 200
+    await media.blobs.delete(media_id)
+    before = fast_answers(server)
+    status, head, _ = await raw_exchange(server, "GET", path, bearer(token))
+    assert status == 503
+    assert (b"content-type", b"application/problem+json") in [(k.lower(), v) for k, v in head]
+    assert fast_answers(server) == before
+    assert (await server.http.get("/healthz")).status_code == 200
+
+
+async def test_an_answer_larger_than_one_read_chunk_is_streamed_by_the_route(
+    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+) -> None:
+    async with build_media_server(
+        database_url, tmp_path, {**media_settings, "read_chunk_bytes": 64 * 1024}
+    ) as server:
+        _, created = await server.account("ana")
+        token = created["token"]
+        answer = await server.http.post(
+            "/v1/media",
+            content=BLOB,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+        )
+        media_id = answer.json()["media_id"]
+        path = f"/v1/media/{media_id}"
+        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+        before = fast_answers(server)
+        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+        assert fast_answers(server) == before
+        small = await raw_exchange(server, "GET", path, [*bearer(token), ("Range", "bytes=0-65535")])
+        assert small[2] == BLOB[:65536]
+        local = media_settings.get("backend", "local") == "local"
+        assert fast_answers(server) == before + (1 if local else 0)
