@@ -68,11 +68,16 @@ async def run_content(
     """Serve until `shutdown` is set; reports the bound URLs (port 0 picks a free one) when listening."""
     app = create_app(ctx)
     config = hypercorn_config(ctx, tls)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(_serve, app, config, shutdown, nursery.cancel_scope)
-        nursery.start_soon(run_upload_reaper, ctx)
-        logs.event(log, "content_listening", urls=",".join(binds))
-        task_status.started(binds)
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(_serve, app, config, shutdown, nursery.cancel_scope)
+            nursery.start_soon(run_upload_reaper, ctx)
+            logs.event(log, "content_listening", urls=",".join(binds))
+            task_status.started(binds)
+    finally:
+        if ctx.media is not None:
+            with trio.CancelScope(shield=True):
+                await ctx.media.blobs.aclose()  # kept descriptors, S3 connection pools
 
 
 async def _serve(

@@ -10,7 +10,8 @@ Three ways bytes come in and one way they go out:
   `checkpoint`, what must be written back to the `uploads` row; `complete` makes the object;
 - reads of byte ranges (`read`), or a presigned URL the client fetches directly (`presigned_get`).
 
-Every blocking call (file I/O, boto3) runs in a worker thread; bytes are gathered into large buffers
+Every blocking call (file I/O, boto3) runs in a worker thread (reads the page cache can answer at
+once excepted: page_cache.py); bytes are gathered into large buffers
 first, so a 1 GiB upload costs about a thousand thread hops and never more than a few MiB of memory.
 The database, not the store, is the source of truth: a store never decides whether media exists.
 """
@@ -31,6 +32,7 @@ import outcome
 import trio
 
 from content_svc.media.errors import StorageUnavailable
+from content_svc.media.page_cache import RWF_NOWAIT, OpenObjects, read_if_cached
 
 WRITE_BUFFER_BYTES = 1024 * 1024
 _R = TypeVar("_R")
@@ -203,6 +205,7 @@ class LocalBlobStore(BlobStore):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._open = OpenObjects()
         for sub in ("objects", "tmp", "uploads"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -264,16 +267,31 @@ class LocalBlobStore(BlobStore):
                 await _in_thread(handle.close)
 
     async def read_at_once(self, media_id: str, start: int, stop: int) -> bytes:
+        """From the page cache on the trio thread when it holds the span, else in a worker thread."""
         try:
+            if RWF_NOWAIT is not None and stop > start:
+                fd = self._open.get(media_id)
+                if fd is None:
+                    opened = await _in_thread(os.open, self.object_path(media_id), os.O_RDONLY | os.O_CLOEXEC)
+                    fd = self._open.keep(media_id, opened)
+                cached = read_if_cached(fd, start, stop - start)
+                if cached is not None:
+                    return cached
             whole = await _in_thread(_read_range, self.object_path(media_id), start, stop - start)
         except FileNotFoundError as exc:
             raise StorageUnavailable(f"object {media_id} is missing") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"media storage failed: {exc.strerror or exc}") from exc
         if len(whole) < stop - start:
             raise StorageUnavailable(f"object {media_id} is shorter than recorded")
         return whole
 
     async def delete(self, media_id: str) -> None:
+        self._open.drop(media_id)
         await _in_thread(_unlink, self.object_path(media_id))
+
+    async def aclose(self) -> None:
+        self._open.close_all()
 
 
 class _LocalWriter(BlobWriter):
