@@ -167,6 +167,9 @@ async def download(media_id: str) -> Response:
         data = await media.blobs.read_at_once(media_id, plan.start, plan.stop) if plan.length else b""
         ctx.metrics.media_bytes_out.inc(len(data))
         return _answer(data, plan.status, headers)
+    if await media.blobs.size_of(media_id) is None:
+        # Once the head is out, a failed read can only cut the connection: ask before answering.
+        raise StorageUnavailable(f"media {media_id} is missing from storage")
     body = media.blobs.read(media_id, plan.start, plan.stop, chunk)
     return _stream(_count(body, ctx), plan.status, headers, plan.length)
 

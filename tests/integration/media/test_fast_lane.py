@@ -191,3 +191,27 @@ async def test_an_answer_larger_than_one_read_chunk_is_streamed_by_the_route(
         assert small[2] == BLOB[:65536]
         local = media_settings.get("backend", "local") == "local"
         assert fast_answers(server) == before + (1 if local else 0)
+
+
+async def test_a_large_object_missing_from_storage_is_a_503_problem_not_a_cut_connection(
+    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+) -> None:
+    async with build_media_server(
+        database_url, tmp_path, {**media_settings, "read_chunk_bytes": 64 * 1024}
+    ) as server:
+        _, created = await server.account("ana")
+        token = created["token"]
+        answer = await server.http.post(
+            "/v1/media",
+            content=BLOB,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+        )
+        media_id = answer.json()["media_id"]
+        media = server.context.media
+        assert media is not None
+        await media.blobs.delete(media_id)
+        status, head, body = await raw_exchange(server, "GET", f"/v1/media/{media_id}", bearer(token))
+        assert status == 503
+        assert (b"content-type", b"application/problem+json") in [(k.lower(), v) for k, v in head]
+        assert b"missing" in body
+        assert (await server.http.get("/healthz")).status_code == 200
