@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,34 @@ def forget_readers(server: LiveContent) -> None:
     media.access_cache._entries.clear()  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-async def uploaded(media_live: LiveContent) -> tuple[LiveContent, str, str]:
-    _, created = await media_live.account("ana")
+async def upload_as_ana(server: LiveContent) -> tuple[LiveContent, str, str]:
+    """(server, ana's token, the id of BLOB uploaded by ana)."""
+    _, created = await server.account("ana")
     token = created["token"]
-    answer = await media_live.http.post(
+    answer = await server.http.post(
         "/v1/media", content=BLOB, headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
     )
     assert answer.status_code == 201, answer.text
-    return media_live, token, answer.json()["media_id"]
+    return server, token, answer.json()["media_id"]
+
+
+@pytest.fixture
+async def uploaded(media_live: LiveContent) -> tuple[LiveContent, str, str]:
+    return await upload_as_ana(media_live)
+
+
+@pytest.fixture
+async def uploaded_in_small_chunks(
+    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+) -> AsyncIterator[tuple[LiveContent, str, str]]:
+    """BLOB on a server that reads 64 KiB at a time: a whole download takes more than one read."""
+    small_chunks = {**media_settings, "read_chunk_bytes": 64 * 1024}
+    async with build_media_server(database_url, tmp_path, small_chunks) as server:
+        yield await upload_as_ana(server)
+
+
+def is_problem(fields: list[tuple[bytes, bytes]]) -> bool:
+    return (b"content-type", b"application/problem+json") in [(k.lower(), v) for k, v in fields]
 
 
 CASES = {
@@ -163,55 +183,36 @@ async def test_a_read_that_fails_is_left_to_the_route_which_renders_the_error(
     before = fast_answers(server)
     status, head, _ = await raw_exchange(server, "GET", path, bearer(token))
     assert status == 503
-    assert (b"content-type", b"application/problem+json") in [(k.lower(), v) for k, v in head]
+    assert is_problem(head)
     assert fast_answers(server) == before
     assert (await server.http.get("/healthz")).status_code == 200
 
 
 async def test_an_answer_larger_than_one_read_chunk_is_streamed_by_the_route(
-    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+    uploaded_in_small_chunks: tuple[LiveContent, str, str],
 ) -> None:
-    async with build_media_server(
-        database_url, tmp_path, {**media_settings, "read_chunk_bytes": 64 * 1024}
-    ) as server:
-        _, created = await server.account("ana")
-        token = created["token"]
-        answer = await server.http.post(
-            "/v1/media",
-            content=BLOB,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
-        )
-        media_id = answer.json()["media_id"]
-        path = f"/v1/media/{media_id}"
-        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
-        before = fast_answers(server)
-        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
-        assert fast_answers(server) == before
-        small = await raw_exchange(server, "GET", path, [*bearer(token), ("Range", "bytes=0-65535")])
-        assert small[2] == BLOB[:65536]
-        local = media_settings.get("backend", "local") == "local"
-        assert fast_answers(server) == before + (1 if local else 0)
+    server, token, media_id = uploaded_in_small_chunks
+    path = f"/v1/media/{media_id}"
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+    before = fast_answers(server)
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+    assert fast_answers(server) == before
+    small = await raw_exchange(server, "GET", path, [*bearer(token), ("Range", "bytes=0-65535")])
+    assert small[2] == BLOB[:65536]
+    media = server.context.media
+    assert media is not None
+    assert fast_answers(server) == before + (1 if media.settings.backend == "local" else 0)
 
 
 async def test_a_large_object_missing_from_storage_is_a_503_problem_not_a_cut_connection(
-    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+    uploaded_in_small_chunks: tuple[LiveContent, str, str],
 ) -> None:
-    async with build_media_server(
-        database_url, tmp_path, {**media_settings, "read_chunk_bytes": 64 * 1024}
-    ) as server:
-        _, created = await server.account("ana")
-        token = created["token"]
-        answer = await server.http.post(
-            "/v1/media",
-            content=BLOB,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
-        )
-        media_id = answer.json()["media_id"]
-        media = server.context.media
-        assert media is not None
-        await media.blobs.delete(media_id)
-        status, head, body = await raw_exchange(server, "GET", f"/v1/media/{media_id}", bearer(token))
-        assert status == 503
-        assert (b"content-type", b"application/problem+json") in [(k.lower(), v) for k, v in head]
-        assert b"missing" in body
-        assert (await server.http.get("/healthz")).status_code == 200
+    server, token, media_id = uploaded_in_small_chunks
+    media = server.context.media
+    assert media is not None
+    await media.blobs.delete(media_id)
+    status, head, body = await raw_exchange(server, "GET", f"/v1/media/{media_id}", bearer(token))
+    assert status == 503
+    assert is_problem(head)
+    assert b"missing" in body
+    assert (await server.http.get("/healthz")).status_code == 200
