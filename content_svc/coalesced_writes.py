@@ -9,6 +9,7 @@ of the content service's CPU (docs/architecture.md, "Per-request cost").
 Here the head of a final answer is held until the first body chunk or the end of the message and
 goes out with it (unless the chunk is large: see `_COPY_AT_MOST_BYTES`); an empty end of message
 that has nothing to carry is not written at all.
+A body that is a file span (sendfile, `zero_copy`) carries the held head with it.
 Interim answers (100 Continue) are written at once: a client waits for them before it sends its
 body. Nothing else changes: the same bytes, in the same order, from the same h11 state machine.
 
@@ -24,6 +25,8 @@ import h11
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 
+from content_svc.zero_copy import FileSpan, split_pieces
+
 _HELD = "_pingpull_held_head"
 # Up to this size a body is copied behind its head to leave in one write (a copy of 64 KiB costs a few
 # microseconds, a write and a scheduler pass tens of them); a larger body goes in a write of its own.
@@ -32,6 +35,10 @@ _original = H11Protocol._send_h11_event
 
 
 async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
+    body: Any = event.data if isinstance(event, h11.Data) else None
+    if isinstance(body, FileSpan):
+        await _send_file_span(self, event)
+        return
     try:
         data = self.connection.send(event)
     except h11.LocalProtocolError:
@@ -51,6 +58,21 @@ async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
             data = held + data
     if data:
         await self.send(RawData(data=data))
+
+
+async def _send_file_span(self: Any, event: h11.Data) -> None:
+    """A body that is a file span (`zero_copy`): h11 frames it without joining it into bytes, the
+    held head and any framing before it travel with the span, what follows in a write of its own."""
+    try:
+        pieces = self.connection.send_with_data_passthrough(event)
+    except h11.LocalProtocolError:
+        if self.connection.their_state != h11.ERROR:
+            raise
+        return
+    held: bytes | None = getattr(self, _HELD, None)
+    setattr(self, _HELD, None)
+    for write in split_pieces(pieces, held or b""):
+        await self.send(RawData(data=write))  # type: ignore[arg-type]  # a FileSpan: zero_copy sends it
 
 
 def install() -> None:

@@ -32,7 +32,7 @@ import outcome
 import trio
 
 from content_svc.media.errors import StorageUnavailable
-from content_svc.media.page_cache import RWF_NOWAIT, OpenObjects, read_if_cached
+from content_svc.media.page_cache import RWF_NOWAIT, OpenObjects, read_if_cached, residency
 
 WRITE_BUFFER_BYTES = 1024 * 1024
 _R = TypeVar("_R")
@@ -172,6 +172,11 @@ class BlobStore(abc.ABC):
         """Bytes [start, stop) in one piece: for answers small enough to hold whole (one read chunk)."""
         return b"".join([chunk async for chunk in self.read(media_id, start, stop, max(1, stop - start))])
 
+    async def open_if_cached(self, media_id: str, start: int, stop: int) -> int | None:  # noqa: ARG002
+        """A descriptor of the object, of the caller's own to close, if bytes [start, stop) can be sent
+        from memory right now without waiting for a disk (`zero_copy`); None otherwise."""
+        return None
+
     async def sha256_of(self, media_id: str, chunk_bytes: int) -> Digest:
         size = await self.size_of(media_id)
         if size is None:
@@ -266,14 +271,29 @@ class LocalBlobStore(BlobStore):
                     await ahead.settled()
                 await _in_thread(handle.close)
 
+    async def _kept_descriptor(self, media_id: str) -> int:
+        fd = self._open.get(media_id)
+        if fd is None:
+            opened = await _in_thread(os.open, self.object_path(media_id), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open.keep(media_id, opened)
+        return fd
+
+    async def open_if_cached(self, media_id: str, start: int, stop: int) -> int | None:
+        """A duplicate of the kept descriptor: the kept one may be closed (expiry, eviction, a
+        delete) while the caller's sendfile waits for the socket, and its number reused."""
+        if not residency.available or stop <= start:
+            return None
+        try:
+            fd = await self._kept_descriptor(media_id)
+        except OSError:
+            return None  # the reader reports it
+        return os.dup(fd) if residency.all_cached(fd, start, stop - start) else None
+
     async def read_at_once(self, media_id: str, start: int, stop: int) -> bytes:
         """From the page cache on the trio thread when it holds the span, else in a worker thread."""
         try:
             if RWF_NOWAIT is not None and stop > start:
-                fd = self._open.get(media_id)
-                if fd is None:
-                    opened = await _in_thread(os.open, self.object_path(media_id), os.O_RDONLY | os.O_CLOEXEC)
-                    fd = self._open.keep(media_id, opened)
+                fd = await self._kept_descriptor(media_id)
                 cached = read_if_cached(fd, start, stop - start)
                 if cached is not None:
                     return cached

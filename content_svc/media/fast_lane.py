@@ -9,16 +9,19 @@ the lane answers it directly on the ASGI interface, with the same decisions as t
 
 * a bearer token this process verified before (`DeviceCache.recall`) and a device seen recently,
 * a remembered "this user may read this media" (`AccessCache`),
-* an answer that is a 304, or one span of at most one read chunk (`read_chunk_bytes`) from local disk.
+* an answer that is a 304, or one span of local disk: of any size if the page cache holds all of it
+  and the server can send a file (`zero_copy`, HTTP/1.1 without TLS), else at most one read chunk
+  (`read_chunk_bytes`).
 
 Anything else (a first request, a token to verify, a database question, several ranges, a 416, a
-large whole object, S3, any error) is handed to the Quart app untouched, which answers it, problem+json
-included. Nothing is sent before the lane is sure it can answer, so a read that fails also falls
-back.
+large object not in memory, S3, any error) is handed to the Quart app untouched, which answers it,
+problem+json included. Nothing is sent before the lane is sure it can answer, so a read that fails
+also falls back.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from content_svc.context import ContentContext, MediaContext
 from content_svc.errors import ContentError
 from content_svc.media import downloads, records
 from content_svc.observe import observe_request
+from content_svc.zero_copy import ZERO_COPY_SEND
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,6 +65,7 @@ class _Answer:
     status: int
     headers: dict[str, str]
     span: downloads.Span | None  # None: a 304, no body
+    zero_copy: bool  # the server takes a file to send (the span may then exceed one read chunk)
     media_id: str
     principal: Principal
 
@@ -114,14 +119,17 @@ class MediaFastLane:
         principal = Principal(user_id=claims.user_id, device_id=claims.device_id)
         headers = downloads.validator_headers(record, media.settings)
         if downloads.not_modified(headers_in, headers):
-            return _Answer(304, headers, None, media_id, principal)
+            return _Answer(304, headers, None, False, media_id, principal)
         try:
             plan = downloads.body_plan(record, headers_in, media.settings, headers)
         except ContentError:  # a 416: the route renders the problem
             return None
-        if not isinstance(plan, downloads.Span) or plan.length > media.settings.read_chunk_bytes:
+        zero_copy = ZERO_COPY_SEND in (scope.get("extensions") or ())
+        if not isinstance(plan, downloads.Span) or (
+            plan.length > media.settings.read_chunk_bytes and not zero_copy
+        ):
             return None
-        return _Answer(plan.status, headers, plan, media_id, principal)
+        return _Answer(plan.status, headers, plan, zero_copy, media_id, principal)
 
     async def _serve(
         self, scope: Scope, send: Send, media: MediaContext, answer: _Answer, started: float
@@ -129,11 +137,28 @@ class MediaFastLane:
         """Send the answer; False (nothing sent) if its bytes cannot be read."""
         span = answer.span
         body = b""
+        file: int | None = None  # sent with sendfile, closed here once sent
         if span is not None and span.length and scope["method"] == "GET":
-            try:
-                body = await media.blobs.read_at_once(answer.media_id, span.start, span.stop)
-            except (ContentError, OSError):
-                return False  # the route reads again and renders the error
+            if answer.zero_copy:
+                file = await media.blobs.open_if_cached(answer.media_id, span.start, span.stop)
+            if file is None:
+                if span.length > media.settings.read_chunk_bytes:
+                    return False  # not in memory: the route streams it from disk
+                try:
+                    body = await media.blobs.read_at_once(answer.media_id, span.start, span.stop)
+                except (ContentError, OSError):
+                    return False  # the route reads again and renders the error
+        try:
+            await self._send(scope, send, answer, body, file, started)
+        finally:
+            if file is not None:
+                os.close(file)
+        return True
+
+    async def _send(
+        self, scope: Scope, send: Send, answer: _Answer, body: bytes, file: int | None, started: float
+    ) -> None:
+        span = answer.span
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in answer.headers.items()
@@ -145,6 +170,9 @@ class MediaFastLane:
         metrics.media_fast_answers.inc()
         if body:
             metrics.media_bytes_out.inc(len(body))
+        elif file is not None and span is not None:
+            metrics.media_bytes_out.inc(span.length)
+            metrics.media_zero_copy_bytes.inc(span.length)
         observe_request(
             metrics,
             method=scope["method"],
@@ -156,5 +184,7 @@ class MediaFastLane:
             http_version=scope["http_version"],
         )
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return True
+        if file is not None and span is not None:
+            await send({"type": ZERO_COPY_SEND, "file": file, "offset": span.start, "count": span.length})
+        else:
+            await send({"type": "http.response.body", "body": body})

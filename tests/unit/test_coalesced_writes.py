@@ -10,6 +10,7 @@ import trio
 from hypercorn.events import RawData
 
 from content_svc import coalesced_writes
+from content_svc.zero_copy import FileSpan
 
 
 class FakeProtocol:
@@ -25,7 +26,7 @@ class FakeProtocol:
 
     async def send(self, event: Any) -> None:
         assert isinstance(event, RawData)
-        self.writes.append(event.data)
+        self.writes.append(event.data)  # bytes, or a FileSpan for sendfile
 
 
 def run(protocol: FakeProtocol, *events: Any) -> None:
@@ -68,6 +69,32 @@ def test_a_large_body_is_not_copied_behind_its_head_but_written_as_it_is() -> No
     assert len(protocol.writes) == 2
     assert protocol.writes[0].startswith(b"HTTP/1.1 200 ") and protocol.writes[0].endswith(b"\r\n\r\n")
     assert protocol.writes[1] is body
+
+
+def test_a_file_span_carries_the_held_head_and_is_not_joined_into_bytes() -> None:
+    protocol = FakeProtocol(GET)
+    head = h11.Response(status_code=206, headers=[("Content-Length", "1000")])
+    run(protocol, head, h11.Data(data=FileSpan(fd=7, offset=10, count=1000)), h11.EndOfMessage())
+    assert len(protocol.writes) == 1
+    span = protocol.writes[0]
+    assert isinstance(span, FileSpan) and (span.fd, span.offset, span.count) == (7, 10, 1000)
+    assert span.head.startswith(b"HTTP/1.1 206 ") and span.head.endswith(b"\r\n\r\n")
+
+
+def test_a_chunked_file_span_is_framed_around_it() -> None:
+    protocol = FakeProtocol(GET)
+    streamed = h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")])
+    run(protocol, streamed, h11.Data(data=FileSpan(fd=7, offset=0, count=300)), h11.EndOfMessage())
+    span, after, end = protocol.writes
+    assert isinstance(span, FileSpan) and span.head.endswith(b"\r\n\r\n12c\r\n")  # 300 = 0x12c
+    assert (after, end) == (b"\r\n", b"0\r\n\r\n")
+
+
+def test_a_file_span_longer_than_the_content_length_is_refused() -> None:
+    protocol = FakeProtocol(GET)
+    head = h11.Response(status_code=200, headers=[("Content-Length", "10")])
+    with pytest.raises(h11.LocalProtocolError):
+        run(protocol, head, h11.Data(data=FileSpan(fd=7, offset=0, count=11)))
 
 
 def test_an_answer_without_a_body_goes_out_at_its_end() -> None:

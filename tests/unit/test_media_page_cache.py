@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from content_svc.media.page_cache import RWF_NOWAIT, OpenObjects, read_if_cached
+from content_svc.media.page_cache import RWF_NOWAIT, OpenObjects, read_if_cached, residency
 
 pytestmark = pytest.mark.skipif(RWF_NOWAIT is None, reason="RWF_NOWAIT is Linux-only")
 
@@ -89,3 +89,22 @@ def test_a_second_open_of_the_same_object_is_closed_and_the_kept_one_used(tmp_pa
     assert not is_open(second) and is_open(first)
     objects.drop("a")
     assert not is_open(first) and len(objects) == 0
+
+
+def test_residency_tells_cached_from_evicted_pages(tmp_path: Path) -> None:
+    assert residency.available, "cachestat(2) needs Linux 6.5+; this machine's kernel has it"
+    data = os.urandom(64 * 4096)
+    fd = an_object(tmp_path, data=data)
+    try:
+        assert residency.all_cached(fd, 0, len(data))
+        assert residency.all_cached(fd, 4095, 2)  # two pages, both cached
+        assert not residency.all_cached(fd, len(data) - 10, 20)  # past the end of the file
+        assert not residency.all_cached(fd, 0, 0)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not residency.all_cached(fd, 0, len(data))
+        os.pread(fd, 4096, 8 * 4096)  # one page back (and whatever readahead brings along)
+        assert residency.all_cached(fd, 8 * 4096, 4096)
+        assert not residency.all_cached(fd, 0, len(data))
+    finally:
+        os.close(fd)

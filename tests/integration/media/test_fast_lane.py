@@ -18,6 +18,8 @@ import h11
 import pytest
 import trio
 
+from content_svc.media.blobs import LocalBlobStore
+from content_svc.media.page_cache import residency
 from tests.integration.media.conftest import build_media_server
 from tests.support.live import LiveContent
 
@@ -55,6 +57,10 @@ async def raw_exchange(server: LiveContent, method: str, path: str, fields: list
 
 def fast_answers(server: LiveContent) -> float:
     return server.context.metrics.media_fast_answers._value.get()  # type: ignore[attr-defined]
+
+
+def zero_copy_bytes(server: LiveContent) -> float:
+    return server.context.metrics.media_zero_copy_bytes._value.get()  # type: ignore[attr-defined]
 
 
 def forget_readers(server: LiveContent) -> None:
@@ -119,11 +125,14 @@ async def test_the_lane_answers_the_same_bytes_as_the_route(
     before = fast_answers(server)
     by_route = await raw_exchange(server, method, path, headers)
     assert fast_answers(server) == before, "the first request must be the route's (nothing remembered)"
+    sent_before = zero_copy_bytes(server)
     again = await raw_exchange(server, method, path, headers)
     local = server.context.media is not None and server.context.media.settings.backend == "local"
     assert fast_answers(server) == before + (1 if local else 0)
     assert again == by_route
-    status, fields, _ = by_route
+    status, fields, body = by_route
+    # the object was just written, so the page cache holds it: the lane's bytes went with sendfile
+    assert zero_copy_bytes(server) == sent_before + (len(body) if local else 0)
     assert status in (200, 206, 304)
     if status == 304:  # RFC 9110 §8.6 and §15.4.5: no Content-Length but the 200's, no representation type
         assert {name.lower() for name, _ in fields}.isdisjoint({b"content-length", b"content-type"})
@@ -188,20 +197,38 @@ async def test_a_read_that_fails_is_left_to_the_route_which_renders_the_error(
     assert (await server.http.get("/healthz")).status_code == 200
 
 
-async def test_an_answer_larger_than_one_read_chunk_is_streamed_by_the_route(
+def evict_from_page_cache(server: LiveContent, media_id: str) -> None:
+    media = server.context.media
+    assert media is not None and isinstance(media.blobs, LocalBlobStore)
+    fd = os.open(media.blobs.object_path(media_id), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the object was fsynced: its pages are clean
+        assert not residency.all_cached(fd, 0, len(BLOB))
+    finally:
+        os.close(fd)
+
+
+async def test_an_answer_larger_than_one_read_chunk_is_sent_from_the_page_cache_or_streamed_by_the_route(
     uploaded_in_small_chunks: tuple[LiveContent, str, str],
 ) -> None:
     server, token, media_id = uploaded_in_small_chunks
+    media = server.context.media
+    assert media is not None
+    local = media.settings.backend == "local"
     path = f"/v1/media/{media_id}"
-    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
-    before = fast_answers(server)
-    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB  # remembered now
+    if local:
+        evict_from_page_cache(server, media_id)
+    before, sent_before = fast_answers(server), zero_copy_bytes(server)
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB  # read from disk by the route
     assert fast_answers(server) == before
     small = await raw_exchange(server, "GET", path, [*bearer(token), ("Range", "bytes=0-65535")])
     assert small[2] == BLOB[:65536]
-    media = server.context.media
-    assert media is not None
-    assert fast_answers(server) == before + (1 if media.settings.backend == "local" else 0)
+    assert fast_answers(server) == before + (1 if local else 0)
+    # The route's reads brought the object back into memory: now the lane sends it whole, with sendfile.
+    assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+    assert fast_answers(server) == before + (2 if local else 0)
+    assert zero_copy_bytes(server) == sent_before + (len(BLOB) + 65536 if local else 0)
 
 
 async def test_a_large_object_missing_from_storage_is_a_503_problem_not_a_cut_connection(
