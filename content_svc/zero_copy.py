@@ -25,7 +25,6 @@ promised Content-Length cannot be kept and the connection is closed.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,7 +38,6 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.utils import UnexpectedMessageError, suppress_body
 
 ZERO_COPY_SEND: Final = "http.response.zerocopysend"
-_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +70,13 @@ def split_pieces(pieces: Sequence[Any], before: bytes = b"") -> list[bytes | Fil
 
 async def send_file_span(sock: trio.socket.SocketType, span: FileSpan) -> None:
     """Write the span's head, then its bytes with sendfile; raise `trio.BrokenResourceError` if
-    the peer is gone or the file ends early (the answer can no longer be completed)."""
+    the peer is gone or the file ends early (the answer can no longer be completed).
+
+    The head is not sent with MSG_MORE: followed by sendfile on Linux 6.18, that held the end of
+    the answer back for ~180 ms (the kernel's cork timer) whenever a span took more than one splice."""
     head = memoryview(span.head)
     while head:
-        sent = await sock.send(head, _MSG_MORE if span.count else 0)
+        sent = await sock.send(head)
         head = head[sent:]
     offset, left = span.offset, span.count
     while left:

@@ -267,6 +267,9 @@ class MediaSettings:
     upload_expiry_s: int = 24 * 3600
     reap_interval_s: float = 300.0
     read_chunk_bytes: int = 1024 * 1024
+    # Local disk over HTTP/1.1 without TLS: answers the page cache holds go out with sendfile(2), no
+    # copy in the process. Off where the file system's sendfile is unreliable (some network mounts).
+    sendfile: bool = True
     max_ranges: int = 16
     # How long a replica reuses "this user may read this media" (0: ask the database every time).
     access_cache_ttl_s: float = 30.0

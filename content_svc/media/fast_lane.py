@@ -124,7 +124,7 @@ class MediaFastLane:
             plan = downloads.body_plan(record, headers_in, media.settings, headers)
         except ContentError:  # a 416: the route renders the problem
             return None
-        zero_copy = ZERO_COPY_SEND in (scope.get("extensions") or ())
+        zero_copy = media.settings.sendfile and ZERO_COPY_SEND in (scope.get("extensions") or ())
         if not isinstance(plan, downloads.Span) or (
             plan.length > media.settings.read_chunk_bytes and not zero_copy
         ):

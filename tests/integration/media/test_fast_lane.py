@@ -231,6 +231,23 @@ async def test_an_answer_larger_than_one_read_chunk_is_sent_from_the_page_cache_
     assert zero_copy_bytes(server) == sent_before + (len(BLOB) + 65536 if local else 0)
 
 
+async def test_with_sendfile_off_the_lane_reads_and_large_answers_go_to_the_route(
+    database_url: str, tmp_path: Path, media_settings: dict[str, Any]
+) -> None:
+    settings = {**media_settings, "read_chunk_bytes": 64 * 1024, "sendfile": False}
+    async with build_media_server(database_url, tmp_path, settings) as started:
+        server, token, media_id = await upload_as_ana(started)
+        path = f"/v1/media/{media_id}"
+        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB  # remembered now
+        before = fast_answers(server)
+        assert (await raw_exchange(server, "GET", path, bearer(token)))[2] == BLOB
+        small = await raw_exchange(server, "GET", path, [*bearer(token), ("Range", "bytes=0-99")])
+        assert small[2] == BLOB[:100]
+        local = media_settings.get("backend", "local") == "local"
+        assert fast_answers(server) == before + (1 if local else 0)
+        assert zero_copy_bytes(server) == 0
+
+
 async def test_a_large_object_missing_from_storage_is_a_503_problem_not_a_cut_connection(
     uploaded_in_small_chunks: tuple[LiveContent, str, str],
 ) -> None:
