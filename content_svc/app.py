@@ -22,7 +22,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import IntegerConverter
 
-from content_svc import coalesced_writes, schema_cache, zero_copy
+from content_svc import coalesced_writes, schema_cache, socket_writes, zero_copy
 from content_svc.auth import DeviceCache, Principal, authenticate
 from content_svc.context import ContentContext
 from content_svc.errors import (
@@ -79,6 +79,7 @@ class _Request(TrioRequest):
 def create_app(ctx: ContentContext) -> QuartTrio:
     schema_cache.install()
     coalesced_writes.install()
+    socket_writes.install(ctx.settings.send_stall_timeout_s)
     zero_copy.install()
     app = QuartTrio("pingpull.content")
     app.request_class = _Request

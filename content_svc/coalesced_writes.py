@@ -19,13 +19,14 @@ on the wire, so an upgrade that changes the method shows up there).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import h11
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-from content_svc.zero_copy import FileSpan, split_pieces
+from content_svc.socket_writes import FileSpan
 
 _HELD = "_pingpull_held_head"
 # Up to this size a body is copied behind its head to leave in one write (a copy of 64 KiB costs a few
@@ -72,7 +73,22 @@ async def _send_file_span(self: Any, event: h11.Data) -> None:
     held: bytes | None = getattr(self, _HELD, None)
     setattr(self, _HELD, None)
     for write in split_pieces(pieces, held or b""):
-        await self.send(RawData(data=write))  # type: ignore[arg-type]  # a FileSpan: zero_copy sends it
+        await self.send(RawData(data=write))  # type: ignore[arg-type]  # a FileSpan: socket_writes sends it
+
+
+def split_pieces(pieces: Sequence[Any], before: bytes = b"") -> list[bytes | FileSpan]:
+    """h11's passthrough output as writes: bytes around a span go with it (before) or after it."""
+    writes: list[bytes | FileSpan] = []
+    pending = before
+    for piece in pieces:
+        if isinstance(piece, FileSpan):
+            writes.append(FileSpan(piece.fd, piece.offset, piece.count, pending + piece.head))
+            pending = b""
+        else:
+            pending += piece
+    if pending:
+        writes.append(pending)
+    return writes
 
 
 def install() -> None:

@@ -104,6 +104,9 @@ class ContentSettings:
     # A device connected to the gateway gets this long to pull and ack before it is pushed anyway.
     ack_grace_s: float = 15.0
     request_timeout_s: float = 30.0
+    # A client that takes no bytes of an answer for this long is disconnected (between two writes
+    # that moved data, like nginx's send_timeout: a slow download that moves is never cut).
+    send_stall_timeout_s: float = 60.0
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -120,6 +123,7 @@ class ContentSettings:
         _require(self.send_rate_per_s > 0 and self.send_burst >= 1, "content send rate and burst")
         _require(0 <= self.ack_grace_s <= 3600, "content.ack_grace_s must be within 0..3600")
         _require(self.request_timeout_s > 0, "content.request_timeout_s must be positive")
+        _require(0 < self.send_stall_timeout_s <= 3600, "content.send_stall_timeout_s within 0..3600")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import trio
 from hypercorn.events import RawData
 
 from content_svc import coalesced_writes
-from content_svc.zero_copy import FileSpan
+from content_svc.socket_writes import FileSpan
 
 
 class FakeProtocol:

@@ -1,9 +1,11 @@
-"""``http.response.zerocopysend`` on hypercorn's trio worker (`content_svc.zero_copy`): a raw ASGI app
-sends a file span, a raw socket client reads what arrives on the wire.
+"""hypercorn's trio worker as pingpull patches it: ``http.response.zerocopysend`` (`content_svc.zero_copy`)
+and writes bounded by a stall timeout (`content_svc.socket_writes`). A raw ASGI app sends a file span
+(or the same bytes read into memory), a raw socket client reads what arrives on the wire.
 
 Advertised on HTTP/1.1 without TLS only; framed by Content-Length or chunked like any body; a file that
 ends before its span closes the connection instead of sending a short answer; a reader slower than the
-file keeps the sender waiting on the socket, not spinning.
+file keeps the sender waiting on the socket, not spinning; a reader that stops reading is disconnected
+after the stall timeout, and the server goes on serving.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import trustme
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from content_svc import coalesced_writes, zero_copy
+from content_svc import coalesced_writes, socket_writes, zero_copy
 
 FILE_BYTES = os.urandom(3 * 1024 * 1024 + 17)
+STALL_S = 0.5
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -48,7 +51,7 @@ class SpanApp:
         offset, count = int(asked.get(b"x-offset", b"0")), int(asked.get(b"x-count", b"0"))
         headers = [] if b"x-chunked" in asked else [(b"content-length", str(count).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if zero_copy.ZERO_COPY_SEND not in scope["extensions"]:
+        if zero_copy.ZERO_COPY_SEND not in scope["extensions"] or b"x-in-memory" in asked:
             with self.path.open("rb") as file:
                 file.seek(offset)
                 await send({"type": "http.response.body", "body": file.read(count)})
@@ -62,11 +65,13 @@ class SpanApp:
 
 @pytest.fixture(autouse=True)
 def patched_hypercorn() -> Any:
+    socket_writes.install(STALL_S)
     zero_copy.install()
     coalesced_writes.install()
     yield
     zero_copy.uninstall()
     coalesced_writes.uninstall()
+    socket_writes.install()  # the default timeout again, as the content app would
 
 
 @pytest.fixture
@@ -219,3 +224,30 @@ async def test_not_advertised_over_tls(span_file: Path, tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert (status, body) == (200, FILE_BYTES[7 : 7 + (1 << 20)])
     assert app.scopes and all(zero_copy.ZERO_COPY_SEND not in scope["extensions"] for scope in app.scopes)
+
+
+@pytest.mark.parametrize("how", ["sendfile", "in memory"])
+async def test_a_reader_that_stops_reading_is_disconnected_and_the_server_keeps_serving(
+    server: tuple[str, SpanApp], how: str
+) -> None:
+    url, _ = server
+    extra = [("X-In-Memory", "1")] if how == "in memory" else []
+    stream = await connect(url, receive_buffer=16 * 1024)
+    client = h11.Connection(h11.CLIENT)
+    async with stream:
+        request = h11.Request(
+            method="GET", target="/", headers=[("Host", "t"), *span(0, len(FILE_BYTES), *extra)]
+        )
+        await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+        await trio.sleep(STALL_S * 3)  # reads nothing: the server's writes stall
+        received = 0
+        with trio.fail_after(5):  # what was in flight, then the end: the server has closed
+            try:
+                while chunk := await stream.receive_some(1 << 20):
+                    received += len(chunk)
+            except trio.BrokenResourceError:
+                pass  # a reset, if the close found unread bytes
+        assert received < len(FILE_BYTES)
+    stream, client = await connect(url), h11.Connection(h11.CLIENT)
+    async with stream:
+        assert (await exchange(stream, client, "GET", span(0, 4)))[2] == FILE_BYTES[:4]
