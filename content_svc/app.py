@@ -32,6 +32,7 @@ from content_svc.errors import (
     UnsupportedMediaType,
     problem_body,
 )
+from content_svc.inbox_lane import InboxFastLane
 from content_svc.media.fast_lane import MediaFastLane
 from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
 from content_svc.observe import observe_request
@@ -120,7 +121,8 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    app.asgi_app = _shield_final_send(MediaFastLane(app.asgi_app, ctx, devices))  # type: ignore[method-assign]
+    lanes = InboxFastLane(MediaFastLane(app.asgi_app, ctx, devices), ctx, devices, app.json)
+    app.asgi_app = _shield_final_send(lanes)  # type: ignore[method-assign]
     return app
 
 

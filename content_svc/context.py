@@ -73,6 +73,11 @@ class ContentMetrics:
             "Downloads answered by the fast lane (access and token already in memory, one read).",
             registry=self.registry,
         )
+        self.inbox_fast_answers = Counter(
+            "pingpull_inbox_fast_answers",
+            "Inbox pulls answered by the fast lane (token and device already in memory).",
+            registry=self.registry,
+        )
         self.media_zero_copy_bytes = Counter(
             "pingpull_media_zero_copy_bytes",
             "Media bytes sent with sendfile from the page cache (part of the served bytes).",

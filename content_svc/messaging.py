@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.errors import IdempotencyKeyReused, NotFound, Unprocessable
 from content_svc.media.records import attach_to_conversation
+from pingpull.config import ContentSettings
 from pingpull.db import dialects
 from pingpull.db.schema import device_cursors, devices, inbox, members, messages, push_jobs, users
 
@@ -412,6 +413,16 @@ async def pull_inbox(
     if not rows:
         raise NotFound("no such user")
     return int(rows[0].inbox_head), [(r.seq, _message(r)) for r in rows if r.seq is not None]
+
+
+def page_limit(asked: int | None, settings: ContentSettings) -> int:
+    """How many inbox entries one pull returns: what the client asked for, within the service's cap."""
+    return min(asked or settings.default_page_items, settings.max_page_items)
+
+
+def inbox_page(head: int, entries: Sequence[tuple[int, Message]]) -> dict[str, Any]:
+    """The body of `GET /v1/inbox` (the route and the inbox fast lane answer the same)."""
+    return {"head": head, "items": [{"seq": seq, "message": m.as_json()} for seq, m in entries]}
 
 
 # PostgreSQL: the ack in one statement. `moved` writes the cursor only when seq <= head; `dropped`

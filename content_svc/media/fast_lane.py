@@ -23,23 +23,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from content_svc.auth import DeviceCache, Principal, parse_bearer
+from content_svc.auth import DeviceCache, Principal
 from content_svc.context import ContentContext, MediaContext
 from content_svc.errors import ContentError
+from content_svc.fast_path import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    known_principal,
+    single_headers,
+    trace,
+)
 from content_svc.media import downloads, records
-from content_svc.observe import observe_request
 from content_svc.zero_copy import ZERO_COPY_SEND
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-# The app behind the lane (Quart's, typed with its own ASGI TypedDicts).
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 ROUTE: Final = "/v1/media/<media_id>"  # the Quart rule: metrics and logs use one label for both paths
 _PREFIX: Final = "/v1/media/"
@@ -98,25 +99,16 @@ class MediaFastLane:
         media_id = scope["path"][len(_PREFIX) :]
         if not records.looks_like_media_id(media_id):
             return None
-        values: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            if name in _WANTED:
-                key = name.decode("ascii")
-                if key in values:
-                    return None
-                values[key] = value.decode("latin-1")
-        headers_in = _Headers(values)
-        try:
-            token = parse_bearer(values.get("authorization", ""))
-        except ContentError:
+        values = single_headers(scope, _WANTED)
+        if values is None:
             return None
-        claims = self._devices.recall(self._ctx.verifier, token)
-        if claims is None or not self._devices.fresh((claims.user_id, claims.device_id)):
+        principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))
+        if principal is None:
             return None
-        record = media.access_cache.get(claims.user_id, media_id)
+        record = media.access_cache.get(principal.user_id, media_id)
         if record is None:
             return None
-        principal = Principal(user_id=claims.user_id, device_id=claims.device_id)
+        headers_in = _Headers(values)
         headers = downloads.validator_headers(record, media.settings)
         if downloads.not_modified(headers_in, headers):
             return _Answer(304, headers, None, False, media_id, principal)
@@ -159,10 +151,7 @@ class MediaFastLane:
         self, scope: Scope, send: Send, answer: _Answer, body: bytes, file: int | None, started: float
     ) -> None:
         span = answer.span
-        headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in answer.headers.items()
-        ]
+        headers = encode_headers(answer.headers.items())
         if span is not None:
             headers.append((b"content-length", str(span.length).encode("ascii")))
         # Counted and logged before sending, as the route's after-request hook does.
@@ -173,16 +162,7 @@ class MediaFastLane:
         elif file is not None and span is not None:
             metrics.media_bytes_out.inc(span.length)
             metrics.media_zero_copy_bytes.inc(span.length)
-        observe_request(
-            metrics,
-            method=scope["method"],
-            route=ROUTE,
-            path=scope["path"],
-            status=answer.status,
-            elapsed_s=time.perf_counter() - started,
-            principal=answer.principal,
-            http_version=scope["http_version"],
-        )
+        trace(self._ctx, scope, ROUTE, answer.status, answer.principal, started)
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         if file is not None and span is not None:
             await send({"type": ZERO_COPY_SEND, "file": file, "offset": span.start, "count": span.length})

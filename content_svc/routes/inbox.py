@@ -20,9 +20,9 @@ async def pull(query_args: ListQuery) -> dict[str, object]:
     """Entries with seq > `after`, in seq order, and the current head. Pull until an item's seq = head."""
     ctx = context()
     who = await principal()
-    limit = min(query_args.limit or ctx.settings.default_page_items, ctx.settings.max_page_items)
+    limit = messaging.page_limit(query_args.limit, ctx.settings)
     head, entries = await ctx.database.read(messaging.pull_inbox, who.user_id, query_args.after, limit)
-    return {"head": head, "items": [{"seq": seq, "message": m.as_json()} for seq, m in entries]}
+    return messaging.inbox_page(head, entries)
 
 
 @blueprint.post("/v1/inbox/ack")

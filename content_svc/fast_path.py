@@ -1,0 +1,73 @@
+"""What the fast lanes in front of Quart share: the ASGI types, the request's few headers, the
+device a remembered token belongs to, and the trace of an answer.
+
+A lane answers a request on the ASGI interface only when memory already decides everything the route
+would (the token was verified before by this process, the device was seen recently, the input is in
+its one canonical form); anything else goes to the Quart app untouched, which answers it. The routes
+and the lanes take their decisions from the same functions, and a parity test per lane compares their
+answers byte for byte on the wire. docs/decisions/0005-media-fast-lane.md has the reasoning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from content_svc.auth import DeviceCache, Principal, parse_bearer
+from content_svc.context import ContentContext
+from content_svc.errors import ContentError
+from content_svc.observe import observe_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# The app behind a lane (Quart's, typed with its own ASGI TypedDicts).
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def single_headers(scope: Scope, wanted: frozenset[bytes]) -> dict[str, str] | None:
+    """The `wanted` request headers by lower-case name; None if one of them comes twice (the route
+    decides what that means)."""
+    values: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in wanted:
+            key = name.decode("ascii")
+            if key in values:
+                return None
+            values[key] = value.decode("latin-1")
+    return values
+
+
+def known_principal(ctx: ContentContext, devices: DeviceCache, authorization: str) -> Principal | None:
+    """The device of a bearer token this process verified before and saw recently; None for anything
+    the route must check (a new token, a bad one, a device not seen for a while)."""
+    try:
+        token = parse_bearer(authorization)
+    except ContentError:
+        return None
+    claims = devices.recall(ctx.verifier, token)
+    if claims is None or not devices.fresh((claims.user_id, claims.device_id)):
+        return None
+    return Principal(user_id=claims.user_id, device_id=claims.device_id)
+
+
+def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def trace(
+    ctx: ContentContext, scope: Scope, route: str, status: int, principal: Principal, started: float
+) -> None:
+    """The metrics and request log line of an answer, as the route's after-request hook records them."""
+    observe_request(
+        ctx.metrics,
+        method=scope["method"],
+        route=route,
+        path=scope["path"],
+        status=status,
+        elapsed_s=time.perf_counter() - started,
+        principal=principal,
+        http_version=scope["http_version"],
+    )
