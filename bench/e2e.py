@@ -294,12 +294,15 @@ _METRIC_LINE: Final = re.compile(
 
 
 async def content_metrics(urls: Sequence[str]) -> dict[str, float]:
-    """Requests and handling seconds per "METHOD route", summed over the content processes."""
+    """Requests and handling seconds per "METHOD route", summed over the content processes, and the
+    inbox pulls the fast lane answered ("lane GET /v1/inbox")."""
     out: dict[str, float] = {}
     async with httpx.AsyncClient(timeout=10, verify=SHARED_TLS) as http:
         for url in urls:
             text = (await http.get(url + "/metrics")).text
             for line in text.splitlines():
+                if line.startswith("pingpull_inbox_fast_answers_total "):
+                    out["lane GET /v1/inbox"] = out.get("lane GET /v1/inbox", 0.0) + float(line.split()[1])
                 match = _METRIC_LINE.match(line)
                 if not match:
                     continue
@@ -856,8 +859,10 @@ def requests_per_message(results: list[E2eResult]) -> list[str]:
         "Content requests per delivered message and their mean handling time in the server (wall "
         "clock, from the servers' `/metrics`):",
         "",
-        "| run | " + " | ".join(f"{name}/msg | {name} ms" for _, _, name in routes) + " |",
-        "|---|" + "---:|---:|" * len(routes),
+        "| run | "
+        + " | ".join(f"{name}/msg | {name} ms" for _, _, name in routes)
+        + " | pulls by the fast lane |",
+        "|---|" + "---:|---:|" * len(routes) + "---:|",
     ]
     for r in results:
         msgs = float(r.window.acked) or 1.0
@@ -866,6 +871,8 @@ def requests_per_message(results: list[E2eResult]) -> list[str]:
             n = r.window.requests.get(f"n {method} {route}", 0.0)
             seconds = r.window.requests.get(f"s {method} {route}", 0.0)
             cells += [f"{n / msgs:.2f}", f"{seconds * 1000 / n:.1f}" if n else "n/a"]
+        pulls = r.window.requests.get("n GET /v1/inbox", 0.0)
+        cells.append(f"{r.window.requests.get('lane GET /v1/inbox', 0.0) / pulls:.0%}" if pulls else "n/a")
         lines.append(f"| pingpull {r.layout} | " + " | ".join(cells) + " |")
     return lines
 
