@@ -154,9 +154,15 @@ def context() -> ContentContext:
 
 
 def no_content(status: int = 204) -> Response:
+    """An answer without a body: no Content-Type (there is no representation), and on a 204 no
+    Content-Length either (RFC 9110 §8.6 forbids it there; a 201 keeps its `0`, or HTTP/1.1 would
+    have to close the connection to end the answer)."""
     # Not `quart.Response(status=204)`: with no body, Quart builds an iterable body that it drains
     # through asyncio's executor, which breaks the connection under quart-trio.
     response: Response = current_app.response_class(b"", status=status)
+    del response.headers["Content-Type"]
+    if status == 204:
+        del response.headers["Content-Length"]
     return response
 
 

@@ -1,4 +1,5 @@
-"""The inbox fast lane: `GET /v1/inbox` answered in front of Quart for a device it already knows.
+"""The inbox fast lane: `GET /v1/inbox` and `POST /v1/inbox/ack` answered in front of Quart for a
+device it already knows.
 
 The inbox pull is the request a chat backend serves most: every signal is followed by one, and a
 device on short polling sends one every few seconds whether anything is new or not. Through Quart a
@@ -9,10 +10,16 @@ before by this process, the device was seen recently and the query is in its can
 same unit of work (`messaging.pull_inbox`), builds the same page (`messaging.inbox_page`) and
 renders it with the app's own JSON provider. Anything else goes to the route, which answers it,
 problem+json included; so does a read that fails (the route reads again and renders the error).
+
+The ack that follows each pull is taken the same way when its body is exactly `{"seq": <integer>}` as
+`application/json` with a Content-Length (the route's `Ack` schema, strict). The lane reads the body
+first; if it then declines (another shape, a seq past the head, a database error) the route gets the
+same body replayed, and runs the unit again: an ack is idempotent and one that failed changed nothing.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Final
 
@@ -20,13 +27,27 @@ from content_svc import messaging
 from content_svc.auth import DeviceCache, Principal
 from content_svc.context import ContentContext
 from content_svc.errors import ContentError
-from content_svc.fast_path import ASGIApp, Receive, Scope, Send, known_principal, single_headers, trace
+from content_svc.fast_path import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    known_principal,
+    single_headers,
+    trace,
+)
 from pingpull.db.engine import DatabaseUnavailable
 
 ROUTE: Final = "/v1/inbox"
+ACK_ROUTE: Final = "/v1/inbox/ack"
 _WANTED: Final = frozenset({b"authorization"})
+_ACK_WANTED: Final = frozenset({b"authorization", b"content-type", b"content-length", b"expect"})
+_ACK_MAX_BODY_BYTES: Final = 256  # `{"seq": 9223372036854775807}` is 28
 _MAX_SEQ: Final = 2**63 - 1
 _MAX_LIMIT: Final = 10_000  # ListQuery's bound: a larger limit is a 400 from the route
+# What the route's `no_content(204)` answers with: nothing (the parity test pins it).
+_NO_CONTENT_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 
 
 def parse_pull_query(query_string: bytes) -> tuple[int, int | None] | None:
@@ -58,13 +79,16 @@ class InboxFastLane:
         self._json = json  # the Quart app's JSON provider: the same bytes as the route's answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["path"] == ROUTE
-            and await self._pull(scope, send, time.perf_counter())
-        ):
-            return
+        if scope["type"] == "http":
+            started = time.perf_counter()
+            if scope["method"] == "GET" and scope["path"] == ROUTE:
+                if await self._pull(scope, send, started):
+                    return
+            elif scope["method"] == "POST" and scope["path"] == ACK_ROUTE:
+                replay = await self._ack(scope, receive, send, started)
+                if replay is None:
+                    return
+                receive = replay
         await self._app(scope, receive, send)
 
     async def _pull(self, scope: Scope, send: Send, started: float) -> bool:
@@ -87,6 +111,47 @@ class InboxFastLane:
         await self._send_json(scope, send, messaging.inbox_page(head, entries), principal, started)
         return True
 
+    async def _ack(self, scope: Scope, receive: Receive, send: Send, started: float) -> Receive | None:
+        """Take the ack (None: answered), or hand back a `receive` that replays what was read."""
+        values = single_headers(scope, _ACK_WANTED)
+        if (
+            values is None
+            or values.get("content-type", "").lower() != "application/json"
+            or "expect" in values
+            or not values.get("content-length", "").isdigit()
+            or int(values["content-length"]) > _ACK_MAX_BODY_BYTES
+        ):
+            return receive
+        principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))
+        if principal is None:
+            return receive
+        read: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            read.append(message)
+            if message["type"] != "http.request":
+                return _replaying(read, receive)  # a disconnect: the route sees it too
+            body += message.get("body", b"")
+            if len(body) > _ACK_MAX_BODY_BYTES:
+                return _replaying(read, receive)
+            if not message.get("more_body", False):
+                break
+        seq = _ack_seq(body)
+        if seq is None:
+            return _replaying(read, receive)
+        try:
+            await self._ctx.database.transaction(
+                messaging.ack, principal.user_id, principal.device_id, seq, self._ctx.clock_ms()
+            )
+        except (ContentError, DatabaseUnavailable):
+            return _replaying(read, receive)
+        trace(self._ctx, scope, ACK_ROUTE, 204, principal, started)
+        self._ctx.metrics.inbox_fast_answers.inc()
+        await send({"type": "http.response.start", "status": 204, "headers": _NO_CONTENT_HEADERS})
+        await send({"type": "http.response.body", "body": b""})
+        return None
+
     async def _send_json(
         self, scope: Scope, send: Send, page: dict[str, Any], principal: Principal, started: float
     ) -> None:
@@ -99,3 +164,29 @@ class InboxFastLane:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _ack_seq(body: bytes) -> int | None:
+    """The seq of a body that is exactly `{"seq": <integer in range>}`; None for the route to judge."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or parsed.keys() != {"seq"}:
+        return None
+    seq = parsed["seq"]
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:  # strict: no bool, no float
+        return None
+    return seq
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """`receive` for the route: the messages the lane took first, then the connection's own."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

@@ -1,5 +1,6 @@
-"""The inbox fast lane answers `GET /v1/inbox` exactly as the Quart route does, byte for byte on the
-wire, and leaves every request it cannot decide from memory to the route.
+"""The inbox fast lane answers `GET /v1/inbox` and `POST /v1/inbox/ack` exactly as the Quart routes do,
+byte for byte on the wire, and leaves every request it cannot decide from memory to the routes (an ack
+with the body the lane has already read, replayed).
 
 Each case is sent twice over a raw socket on a fresh connection, with a token this process has not
 verified yet (the route answers and verifies it), then again (the lane answers). The answers must be the same
@@ -14,21 +15,40 @@ from dataclasses import dataclass
 import h11
 import pytest
 import trio
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pingpull.client.content import ContentClient
+from pingpull.db.schema import device_cursors
 from tests.support.live import LiveContent
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+ACK_PATH = "/v1/inbox/ack"
 
 
 async def raw_get(server: LiveContent, target: str, fields: list[tuple[str, str]]) -> Answer:
+    return await raw_exchange(server, "GET", target, fields)
+
+
+async def raw_post(
+    server: LiveContent, target: str, fields: list[tuple[str, str]], body: bytes, *, chunked: bool = False
+) -> Answer:
+    framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(len(body)))
+    return await raw_exchange(server, "POST", target, [*fields, framing], body)
+
+
+async def raw_exchange(
+    server: LiveContent, method: str, target: str, fields: list[tuple[str, str]], body: bytes = b""
+) -> Answer:
+    """One request on a fresh connection: the status, the header fields as sent (Date left out), the body."""
     host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
     client = h11.Connection(h11.CLIENT)
     async with stream:
-        request = h11.Request(method="GET", target=target, headers=[("Host", "t"), *fields])
-        await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
-        status, head, body = 0, [], b""
+        request = h11.Request(method=method, target=target, headers=[("Host", "t"), *fields])
+        data = [h11.Data(data=body)] if body else []
+        await stream.send_all(b"".join(client.send(e) or b"" for e in (request, *data, h11.EndOfMessage())))
+        status, head, answer = 0, [], b""
         with trio.fail_after(10):
             while True:
                 event = client.next_event()
@@ -38,9 +58,9 @@ async def raw_get(server: LiveContent, target: str, fields: list[tuple[str, str]
                     status = event.status_code
                     head = [(k, v) for k, v in event.headers.raw_items() if k.lower() != b"date"]
                 elif isinstance(event, h11.Data):
-                    body += bytes(event.data)
+                    answer += bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage):
-                    return status, head, body
+                    return status, head, answer
 
 
 def lane_answers(server: LiveContent) -> float:
@@ -141,3 +161,92 @@ async def test_the_lane_sees_new_messages_at_once(bob: Bob) -> None:
     assert lane_answers(server) == before + 1
     page = json.loads(body)
     assert (status, page["head"], [item["message"]["id"] for item in page["items"]]) == (200, 4, [sent["id"]])
+
+
+# --- the ack ------------------------------------------------------------------------------------------
+
+JSON = ("Content-Type", "application/json")
+
+
+async def cursor_of(server: LiveContent, device_id: int) -> int | None:
+    async def query(conn: AsyncConnection) -> int | None:
+        found = await conn.execute(
+            select(device_cursors.c.acked_seq).where(device_cursors.c.device_id == device_id)
+        )
+        return found.scalar_one_or_none()
+
+    return await server.context.database.read(query)
+
+
+ACKS = {
+    "compact": b'{"seq":1}',
+    "spaced": b'{ "seq" : 2 }',
+    "the head": b'{"seq": 3}',
+    "zero": b'{"seq": 0}',
+}
+
+
+@pytest.mark.parametrize("case", list(ACKS))
+async def test_the_lane_acks_with_the_same_bytes_as_the_route(bob: Bob, case: str) -> None:
+    server = bob.server
+    fields = [("Authorization", f"Bearer {await bob.new_device_token()}"), JSON]
+    before = lane_answers(server)
+    by_route = await raw_post(server, ACK_PATH, fields, ACKS[case])
+    assert lane_answers(server) == before
+    again = await raw_post(server, ACK_PATH, fields, ACKS[case])
+    assert lane_answers(server) == before + 1
+    assert again == by_route
+    assert by_route[0] == 204
+
+
+async def test_an_ack_by_the_lane_moves_the_cursor_forward_only(bob: Bob) -> None:
+    server = bob.server
+    linked = await bob.client.link_device()
+    fields = [("Authorization", f"Bearer {linked['token']}"), JSON]
+    assert (await raw_get(server, "/v1/inbox", fields[:1]))[0] == 200  # the route knows the token now
+    before = lane_answers(server)
+    assert (await raw_post(server, ACK_PATH, fields, b'{"seq": 2}'))[0] == 204
+    assert await cursor_of(server, linked["device_id"]) == 2
+    assert (await raw_post(server, ACK_PATH, fields, b'{"seq": 1}'))[0] == 204
+    assert await cursor_of(server, linked["device_id"]) == 2
+    assert lane_answers(server) == before + 2
+
+
+ACKS_LEFT_TO_THE_ROUTE: dict[str, tuple[list[tuple[str, str]], bytes, int]] = {
+    "past the head": ([JSON], b'{"seq": 4}', 422),
+    "a string": ([JSON], b'{"seq": "1"}', 400),
+    "a float": ([JSON], b'{"seq": 1.0}', 400),
+    "a boolean": ([JSON], b'{"seq": true}', 400),
+    "negative": ([JSON], b'{"seq": -1}', 400),
+    "another field": ([JSON], b'{"seq": 1, "more": 2}', 400),
+    "not JSON": ([JSON], b'{"seq": ', 400),
+    "a list": ([JSON], b"[1]", 400),
+    "no content type": ([], b'{"seq": 1}', 415),
+    "text": ([("Content-Type", "text/plain")], b'{"seq": 1}', 415),
+    "JSON with a charset": ([("Content-Type", "application/json; charset=utf-8")], b'{"seq": 1}', 204),
+    "a body over the lane's size": ([JSON], b'{"seq": 1}' + b" " * 300, 204),
+}
+
+
+@pytest.mark.parametrize("case", list(ACKS_LEFT_TO_THE_ROUTE))
+async def test_acks_the_lane_does_not_decide_go_to_the_route_with_their_body(bob: Bob, case: str) -> None:
+    server = bob.server
+    token = await bob.new_device_token()
+    assert (await raw_get(server, "/v1/inbox", [("Authorization", f"Bearer {token}")]))[0] == 200
+    before = lane_answers(server)
+    extra, body, status = ACKS_LEFT_TO_THE_ROUTE[case]
+    answer = await raw_post(server, ACK_PATH, [("Authorization", f"Bearer {token}"), *extra], body)
+    assert answer[0] == status, answer
+    assert lane_answers(server) == before
+    if status == 422:  # the route ran the unit again on the replayed body and rendered the problem
+        assert json.loads(answer[2])["head"] == 3
+
+
+async def test_a_chunked_ack_goes_to_the_route(bob: Bob) -> None:
+    server = bob.server
+    token = await bob.new_device_token()
+    assert (await raw_get(server, "/v1/inbox", [("Authorization", f"Bearer {token}")]))[0] == 200
+    before = lane_answers(server)
+    fields = [("Authorization", f"Bearer {token}"), JSON]
+    assert (await raw_post(server, ACK_PATH, fields, b'{"seq": 1}', chunked=True))[0] == 204
+    assert lane_answers(server) == before
