@@ -75,7 +75,8 @@ class ContentMetrics:
         )
         self.inbox_fast_answers = Counter(
             "pingpull_inbox_fast_answers",
-            "Inbox pulls answered by the fast lane (token and device already in memory).",
+            "Inbox pulls and acks answered by the fast lane (token and device already in memory).",
+            ["route"],
             registry=self.registry,
         )
         self.media_zero_copy_bytes = Counter(

@@ -147,7 +147,7 @@ class InboxFastLane:
         except (ContentError, DatabaseUnavailable):
             return _replaying(read, receive)
         trace(self._ctx, scope, ACK_ROUTE, 204, principal, started)
-        self._ctx.metrics.inbox_fast_answers.inc()
+        self._ctx.metrics.inbox_fast_answers.labels(ACK_ROUTE).inc()
         await send({"type": "http.response.start", "status": 204, "headers": _NO_CONTENT_HEADERS})
         await send({"type": "http.response.body", "body": b""})
         return None
@@ -156,7 +156,7 @@ class InboxFastLane:
         self, scope: Scope, send: Send, page: dict[str, Any], principal: Principal, started: float
     ) -> None:
         body = (self._json.dumps(page, separators=(",", ":")) + "\n").encode()
-        self._ctx.metrics.inbox_fast_answers.inc()
+        self._ctx.metrics.inbox_fast_answers.labels(ROUTE).inc()
         trace(self._ctx, scope, ROUTE, 200, principal, started)
         headers = [
             (b"content-type", b"application/json"),
@@ -169,8 +169,8 @@ class InboxFastLane:
 def _ack_seq(body: bytes) -> int | None:
     """The seq of a body that is exactly `{"seq": <integer in range>}`; None for the route to judge."""
     try:
-        parsed = json.loads(body)
-    except ValueError:
+        parsed = json.loads(body.decode("utf-8"))  # as the route reads it: UTF-8, no other encoding
+    except ValueError:  # UnicodeDecodeError included
         return None
     if not isinstance(parsed, dict) or parsed.keys() != {"seq"}:
         return None

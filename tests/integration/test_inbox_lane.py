@@ -64,7 +64,9 @@ async def raw_exchange(
 
 
 def lane_answers(server: LiveContent) -> float:
-    return server.context.metrics.inbox_fast_answers._value.get()  # type: ignore[attr-defined]
+    """Pulls and acks the lane answered."""
+    counter = server.context.metrics.inbox_fast_answers
+    return sum(counter.labels(route)._value.get() for route in ("/v1/inbox", ACK_PATH))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -225,6 +227,7 @@ ACKS_LEFT_TO_THE_ROUTE: dict[str, tuple[list[tuple[str, str]], bytes, int]] = {
     "text": ([("Content-Type", "text/plain")], b'{"seq": 1}', 415),
     "JSON with a charset": ([("Content-Type", "application/json; charset=utf-8")], b'{"seq": 1}', 204),
     "a body over the lane's size": ([JSON], b'{"seq": 1}' + b" " * 300, 204),
+    "UTF-16": ([JSON], '{"seq": 1}'.encode("utf-16"), 400),
 }
 
 
