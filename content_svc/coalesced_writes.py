@@ -37,16 +37,24 @@ _original = H11Protocol._send_h11_event
 
 async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
     body: Any = event.data if isinstance(event, h11.Data) else None
-    if isinstance(body, FileSpan):
-        await _send_file_span(self, event)
-        return
+    passthrough = isinstance(body, FileSpan)
     try:
-        data = self.connection.send(event)
+        # A file span (`zero_copy`) is framed by h11 without being joined into bytes.
+        output = (
+            self.connection.send_with_data_passthrough(event) if passthrough else self.connection.send(event)
+        )
     except h11.LocalProtocolError:
         if self.connection.their_state != h11.ERROR:
             raise
         return
     held: bytes | None = getattr(self, _HELD, None)
+    if passthrough:
+        # The held head and any framing before the span travel with it; what follows goes after.
+        setattr(self, _HELD, None)
+        for write in split_pieces(output, held or b""):
+            await self.send(RawData(data=write))  # type: ignore[arg-type]  # a FileSpan: socket_writes sends it
+        return
+    data: bytes = output
     if isinstance(event, h11.Response):
         setattr(self, _HELD, (held or b"") + data)
         return
@@ -59,21 +67,6 @@ async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
             data = held + data
     if data:
         await self.send(RawData(data=data))
-
-
-async def _send_file_span(self: Any, event: h11.Data) -> None:
-    """A body that is a file span (`zero_copy`): h11 frames it without joining it into bytes, the
-    held head and any framing before it travel with the span, what follows in a write of its own."""
-    try:
-        pieces = self.connection.send_with_data_passthrough(event)
-    except h11.LocalProtocolError:
-        if self.connection.their_state != h11.ERROR:
-            raise
-        return
-    held: bytes | None = getattr(self, _HELD, None)
-    setattr(self, _HELD, None)
-    for write in split_pieces(pieces, held or b""):
-        await self.send(RawData(data=write))  # type: ignore[arg-type]  # a FileSpan: socket_writes sends it
 
 
 def split_pieces(pieces: Sequence[Any], before: bytes = b"") -> list[bytes | FileSpan]:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import h11
 import pytest
-import trio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pingpull.client.content import ContentClient
 from pingpull.db.schema import device_cursors
 from tests.support.live import LiveContent
+from tests.support.raw_http import Answer, raw_exchange
 
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 ACK_PATH = "/v1/inbox/ack"
 
 
@@ -35,32 +33,6 @@ async def raw_post(
 ) -> Answer:
     framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(len(body)))
     return await raw_exchange(server, "POST", target, [*fields, framing], body)
-
-
-async def raw_exchange(
-    server: LiveContent, method: str, target: str, fields: list[tuple[str, str]], body: bytes = b""
-) -> Answer:
-    """One request on a fresh connection: the status, the header fields as sent (Date left out), the body."""
-    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
-    client = h11.Connection(h11.CLIENT)
-    async with stream:
-        request = h11.Request(method=method, target=target, headers=[("Host", "t"), *fields])
-        data = [h11.Data(data=body)] if body else []
-        await stream.send_all(b"".join(client.send(e) or b"" for e in (request, *data, h11.EndOfMessage())))
-        status, head, answer = 0, [], b""
-        with trio.fail_after(10):
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(1 << 16))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                    head = [(k, v) for k, v in event.headers.raw_items() if k.lower() != b"date"]
-                elif isinstance(event, h11.Data):
-                    answer += bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    return status, head, answer
 
 
 def lane_answers(server: LiveContent) -> float:

@@ -14,45 +14,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
-import trio
 
 from content_svc.media.blobs import LocalBlobStore
 from content_svc.media.page_cache import residency
 from tests.integration.media.conftest import build_media_server
 from tests.support.live import LiveContent
+from tests.support.raw_http import raw_exchange
 
 pytestmark = pytest.mark.s3
 
 BLOB = os.urandom(300_000)
 ETAG = f'"{hashlib.sha256(BLOB).hexdigest()}"'
-
-
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
-
-
-async def raw_exchange(server: LiveContent, method: str, path: str, fields: list[tuple[str, str]]) -> Answer:
-    """One request on a fresh connection: the status, the header fields as sent (Date left out), the body."""
-    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
-    client = h11.Connection(h11.CLIENT)
-    async with stream:
-        request = h11.Request(method=method, target=path, headers=[("Host", "t"), *fields])
-        await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
-        status, head, body = 0, [], b""
-        with trio.fail_after(10):
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(1 << 20))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                    head = [(k, v) for k, v in event.headers.raw_items() if k.lower() != b"date"]
-                elif isinstance(event, h11.Data):
-                    body += bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    return status, head, body
 
 
 def fast_answers(server: LiveContent) -> float:
