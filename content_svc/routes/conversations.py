@@ -5,9 +5,8 @@ from __future__ import annotations
 from quart import Blueprint, Response
 from quart_schema import validate_headers, validate_querystring, validate_request, validate_response
 
-from content_svc import fanout, messaging, store
+from content_svc import messaging, sending, store
 from content_svc.app import context, no_content, principal
-from content_svc.errors import RateLimited, Unprocessable
 from content_svc.openapi import answers_without_body
 from content_svc.schemas import (
     ConversationList,
@@ -116,32 +115,5 @@ async def send(
     """Send a message. The same Idempotency-Key again returns the original message, never a duplicate."""
     ctx = context()
     who = await principal()
-    limits = ctx.settings
-    if len(data.body) > limits.max_message_body_chars:
-        raise Unprocessable(f"the body may have at most {limits.max_message_body_chars} characters")
-    if not data.body and not data.media:
-        raise Unprocessable("a message needs a body or media")
-    if len(data.media) > limits.max_media_per_message:
-        raise Unprocessable(f"a message may carry at most {limits.max_media_per_message} media")
-    wait_s = ctx.send_limiter.try_acquire(who.user_id)
-    if wait_s > 0:
-        ctx.metrics.rate_limited.labels("send").inc()
-        raise RateLimited(wait_s, "sending too fast")
-    result = await ctx.database.transaction(
-        messaging.send_message,
-        sender_id=who.user_id,
-        sender_device_id=who.device_id,
-        conversation_id=conversation_id,
-        idempotency_key=headers.idempotency_key,
-        body=data.body,
-        media=list(data.media),
-        clock_ms=ctx.clock_ms,  # read inside the transaction, once the locks are held
-        ack_grace_ms=int(limits.ack_grace_s * 1000),
-    )
-    if result.created:
-        ctx.metrics.messages_sent.inc()
-        await fanout.announce(ctx, result)
-    else:
-        ctx.metrics.idempotent_replays.inc()
-    replayed = "false" if result.created else "true"
-    return result.message.as_json(), 201, {"Idempotent-Replayed": replayed}
+    result = await sending.send(ctx, who, conversation_id, headers.idempotency_key, data.body, data.media)
+    return result.message.as_json(), 201, {"Idempotent-Replayed": sending.replayed_header(result)}
