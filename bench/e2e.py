@@ -301,7 +301,7 @@ async def content_metrics(urls: Sequence[str]) -> dict[str, float]:
         for url in urls:
             text = (await http.get(url + "/metrics")).text
             for line in text.splitlines():
-                if line.startswith('pingpull_inbox_fast_answers_total{route="/v1/inbox"} '):
+                if line.startswith('pingpull_fast_lane_answers_total{route="/v1/inbox"} '):
                     out["lane GET /v1/inbox"] = out.get("lane GET /v1/inbox", 0.0) + float(line.split()[1])
                 match = _METRIC_LINE.match(line)
                 if not match:

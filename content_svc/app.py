@@ -32,11 +32,13 @@ from content_svc.errors import (
     UnsupportedMediaType,
     problem_body,
 )
+from content_svc.fast_path import ASGIApp
 from content_svc.inbox_lane import InboxFastLane
 from content_svc.media.fast_lane import MediaFastLane
 from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
 from content_svc.observe import observe_request
 from content_svc.openapi import PingpullOpenAPI
+from content_svc.send_lane import SendFastLane
 from pingpull.db.engine import DatabaseUnavailable
 from pingpull.wire import MAX_U64
 
@@ -121,7 +123,10 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    lanes = InboxFastLane(MediaFastLane(app.asgi_app, ctx, devices), ctx, devices, app.json)
+    # Each lane answers what memory decides and hands the rest inward, to Quart last.
+    lanes: ASGIApp = MediaFastLane(app.asgi_app, ctx, devices)
+    lanes = InboxFastLane(lanes, ctx, devices, app.json)
+    lanes = SendFastLane(lanes, ctx, devices, app.json)
     app.asgi_app = _shield_final_send(lanes)  # type: ignore[method-assign]
     return app
 

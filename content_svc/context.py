@@ -73,9 +73,9 @@ class ContentMetrics:
             "Downloads answered by the fast lane (access and token already in memory, one read).",
             registry=self.registry,
         )
-        self.inbox_fast_answers = Counter(
-            "pingpull_inbox_fast_answers",
-            "Inbox pulls and acks answered by the fast lane (token and device already in memory).",
+        self.fast_lane_answers = Counter(
+            "pingpull_fast_lane_answers",
+            "Inbox pulls, acks and sends answered by a fast lane (token and device already in memory).",
             ["route"],
             registry=self.registry,
         )

@@ -10,6 +10,7 @@ answers byte for byte on the wire. docs/decisions/0005-media-fast-lane.md has th
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -71,3 +72,54 @@ def trace(
         principal=principal,
         http_version=scope["http_version"],
     )
+
+
+async def read_small_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Receive]:
+    """The request body if it ends within `max_bytes` (None if not, or the client left), and the
+    `receive` the route must get if the lane declines: it replays what was read, then goes on."""
+    read: list[Message] = []
+    body = b""
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return None, _replaying(read, receive)  # a disconnect: the route sees it too
+        body += message.get("body", b"")
+        if len(body) > max_bytes:
+            return None, _replaying(read, receive)
+        if not message.get("more_body", False):
+            return body, _replaying(read, receive)
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A JSON object read as the routes read bodies (UTF-8 only); None for anything else."""
+    try:
+        parsed = json.loads(body.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def declared_length(values: dict[str, str], max_bytes: int) -> int | None:
+    """The Content-Length of a JSON request the lane may read whole: `application/json`, no
+    `Expect: 100-continue` to answer first, a length within `max_bytes`; None otherwise."""
+    length = values.get("content-length", "")
+    if (
+        values.get("content-type", "").lower() != "application/json"
+        or "expect" in values
+        or not length.isdigit()
+        or int(length) > max_bytes
+    ):
+        return None
+    return int(length)

@@ -19,7 +19,6 @@ same body replayed, and runs the unit again: an ack is idempotent and one that f
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Final
 
@@ -29,11 +28,13 @@ from content_svc.context import ContentContext
 from content_svc.errors import ContentError
 from content_svc.fast_path import (
     ASGIApp,
-    Message,
     Receive,
     Scope,
     Send,
+    declared_length,
+    json_object,
     known_principal,
+    read_small_body,
     single_headers,
     trace,
 )
@@ -114,40 +115,23 @@ class InboxFastLane:
     async def _ack(self, scope: Scope, receive: Receive, send: Send, started: float) -> Receive | None:
         """Take the ack (None: answered), or hand back a `receive` that replays what was read."""
         values = single_headers(scope, _ACK_WANTED)
-        if (
-            values is None
-            or values.get("content-type", "").lower() != "application/json"
-            or "expect" in values
-            or not values.get("content-length", "").isdigit()
-            or int(values["content-length"]) > _ACK_MAX_BODY_BYTES
-        ):
+        if values is None or declared_length(values, _ACK_MAX_BODY_BYTES) is None:
             return receive
         principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))
         if principal is None:
             return receive
-        read: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            read.append(message)
-            if message["type"] != "http.request":
-                return _replaying(read, receive)  # a disconnect: the route sees it too
-            body += message.get("body", b"")
-            if len(body) > _ACK_MAX_BODY_BYTES:
-                return _replaying(read, receive)
-            if not message.get("more_body", False):
-                break
-        seq = _ack_seq(body)
+        body, replay = await read_small_body(receive, _ACK_MAX_BODY_BYTES)
+        seq = _ack_seq(json_object(body)) if body is not None else None
         if seq is None:
-            return _replaying(read, receive)
+            return replay
         try:
             await self._ctx.database.transaction(
                 messaging.ack, principal.user_id, principal.device_id, seq, self._ctx.clock_ms()
             )
         except (ContentError, DatabaseUnavailable):
-            return _replaying(read, receive)
+            return replay
         trace(self._ctx, scope, ACK_ROUTE, 204, principal, started)
-        self._ctx.metrics.inbox_fast_answers.labels(ACK_ROUTE).inc()
+        self._ctx.metrics.fast_lane_answers.labels(ACK_ROUTE).inc()
         await send({"type": "http.response.start", "status": 204, "headers": _NO_CONTENT_HEADERS})
         await send({"type": "http.response.body", "body": b""})
         return None
@@ -156,7 +140,7 @@ class InboxFastLane:
         self, scope: Scope, send: Send, page: dict[str, Any], principal: Principal, started: float
     ) -> None:
         body = (self._json.dumps(page, separators=(",", ":")) + "\n").encode()
-        self._ctx.metrics.inbox_fast_answers.labels(ROUTE).inc()
+        self._ctx.metrics.fast_lane_answers.labels(ROUTE).inc()
         trace(self._ctx, scope, ROUTE, 200, principal, started)
         headers = [
             (b"content-type", b"application/json"),
@@ -166,27 +150,11 @@ class InboxFastLane:
         await send({"type": "http.response.body", "body": body})
 
 
-def _ack_seq(body: bytes) -> int | None:
+def _ack_seq(parsed: dict[str, Any] | None) -> int | None:
     """The seq of a body that is exactly `{"seq": <integer in range>}`; None for the route to judge."""
-    try:
-        parsed = json.loads(body.decode("utf-8"))  # as the route reads it: UTF-8, no other encoding
-    except ValueError:  # UnicodeDecodeError included
-        return None
-    if not isinstance(parsed, dict) or parsed.keys() != {"seq"}:
+    if parsed is None or parsed.keys() != {"seq"}:
         return None
     seq = parsed["seq"]
     if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:  # strict: no bool, no float
         return None
     return seq
-
-
-def _replaying(read: list[Message], receive: Receive) -> Receive:
-    """`receive` for the route: the messages the lane took first, then the connection's own."""
-    pending = list(read)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay

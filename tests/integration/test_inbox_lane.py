@@ -37,7 +37,7 @@ async def raw_post(
 
 def lane_answers(server: LiveContent) -> float:
     """Pulls and acks the lane answered."""
-    counter = server.context.metrics.inbox_fast_answers
+    counter = server.context.metrics.fast_lane_answers
     return sum(counter.labels(route)._value.get() for route in ("/v1/inbox", ACK_PATH))  # type: ignore[attr-defined]
 
 
