@@ -7,13 +7,17 @@ again is the lane's. Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from pingpull.client.content import ContentClient
-from tests.support.live import LiveContent
+from pingpull.tokens import ensure_keys
+from tests.support.live import LiveContent, live_content, settings_for_test
 from tests.support.raw_http import Answer, raw_exchange
+from tests.support.services import SqliteTemplate
 
 JSON = ("Content-Type", "application/json")
 
@@ -146,3 +150,31 @@ async def test_what_the_lane_does_not_decide_goes_to_the_route_with_its_body(ana
     answer = await ana.post(token, key, body, *extra, path=path)
     assert answer[0] == status, answer
     assert lane_sends(server) == before
+
+
+@pytest.fixture
+async def one_send_per_minute(tmp_path: Path, sqlite_template: SqliteTemplate) -> AsyncIterator[Ana]:
+    ensure_keys(tmp_path / "keys")
+    settings = settings_for_test(
+        sqlite_template.fresh_copy(tmp_path), tmp_path, send_rate_per_s=1 / 60, send_burst=1
+    )
+    async with live_content(settings) as server:
+        as_ana, _ = await server.account("ana")
+        as_bob, bob = await server.account("bob")
+        conversation = await as_ana.create_conversation([bob["user_id"]])
+        yield Ana(server, as_ana, conversation["id"], as_bob)
+
+
+async def test_a_rate_limited_send_is_the_same_429_as_the_route(one_send_per_minute: Ana) -> None:
+    ana = one_send_per_minute
+    first, second = await ana.new_token(), await ana.new_token()
+    assert (await ana.post(first, "sent", b'{"body": "hi"}', JSON))[
+        0
+    ] == 201  # the route; the bucket is empty now
+    before = lane_sends(ana.server)
+    by_lane = await ana.post(first, "late-1", b'{"body": "hi"}', JSON)
+    assert lane_sends(ana.server) == before + 1
+    by_route = await ana.post(second, "late-2", b'{"body": "hi"}', JSON)
+    assert by_lane == by_route
+    assert by_lane[0] == 429
+    assert any(name.lower() == b"retry-after" for name, _ in by_lane[1])
