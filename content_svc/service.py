@@ -40,6 +40,7 @@ def hypercorn_config(ctx: ContentContext, tls: TlsFiles | None = None) -> Hyperc
     # Phones reuse connections across bursts of activity; a short keep-alive costs a TLS handshake each time.
     config.keep_alive_timeout = 75
     config.h11_max_incomplete_size = 16 * 1024
+    config.backlog = settings.listen_backlog
     return config
 
 

@@ -104,6 +104,10 @@ class ContentSettings:
     # A device connected to the gateway gets this long to pull and ack before it is pushed anyway.
     ack_grace_s: float = 15.0
     request_timeout_s: float = 30.0
+    # Connections the kernel may hold for the service before it accepts them (capped by the kernel's
+    # net.core.somaxconn): a reconnect storm after a deploy opens thousands at once; hypercorn's own
+    # default of 100 makes the rest wait for SYN retransmits, or fail.
+    listen_backlog: int = 4096
     # A client that takes no bytes of an answer for this long is disconnected (between two writes
     # that moved data, like nginx's send_timeout: a slow download that moves is never cut).
     send_stall_timeout_s: float = 60.0
@@ -124,6 +128,7 @@ class ContentSettings:
         _require(0 <= self.ack_grace_s <= 3600, "content.ack_grace_s must be within 0..3600")
         _require(self.request_timeout_s > 0, "content.request_timeout_s must be positive")
         _require(0 < self.send_stall_timeout_s <= 3600, "content.send_stall_timeout_s within 0..3600")
+        _require(1 <= self.listen_backlog <= 65535, "content.listen_backlog within 1..65535")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ and writes bounded by a stall timeout (`content_svc.socket_writes`). A raw ASGI 
 Advertised on HTTP/1.1 without TLS only; framed by Content-Length or chunked like any body; a file that
 ends before its span closes the connection instead of sending a short answer; a reader slower than the
 file keeps the sender waiting on the socket, not spinning; a reader that stops reading is disconnected
-after the stall timeout, and the server goes on serving.
+after the stall timeout, and the server goes on serving. The content service listens with its own
+backlog, not hypercorn's default of 100.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from content_svc import coalesced_writes, socket_writes, zero_copy
+from tests.support.live import LiveContent
 
 FILE_BYTES = os.urandom(3 * 1024 * 1024 + 17)
 STALL_S = 0.5
@@ -251,3 +253,13 @@ async def test_a_reader_that_stops_reading_is_disconnected_and_the_server_keeps_
     stream, client = await connect(url), h11.Connection(h11.CLIENT)
     async with stream:
         assert (await exchange(stream, client, "GET", span(0, 4)))[2] == FILE_BYTES[:4]
+
+
+async def test_the_content_service_listens_with_its_configured_backlog(live: LiveContent) -> None:
+    """hypercorn's default backlog is 100; a reconnect storm needs the setting's (capped by somaxconn)."""
+    port = live.base_url.rsplit(":", 1)[1]
+    listing = await trio.run_process(["ss", "-ltnH", f"sport = :{port}"], capture_stdout=True)
+    somaxconn = int(await trio.Path("/proc/sys/net/core/somaxconn").read_text())
+    lines = listing.stdout.decode().splitlines()
+    backlogs = {int(line.split()[2]) for line in lines if line.startswith("LISTEN")}
+    assert backlogs == {min(live.context.settings.listen_backlog, somaxconn)}
