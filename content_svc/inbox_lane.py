@@ -23,32 +23,24 @@ import time
 from typing import Any, Final
 
 from content_svc import messaging
-from content_svc.auth import DeviceCache, Principal
-from content_svc.context import ContentContext
 from content_svc.errors import ContentError
 from content_svc.fast_path import (
-    ASGIApp,
+    JsonLane,
     Receive,
+    Reply,
     Scope,
     Send,
-    declared_length,
-    json_object,
     known_principal,
-    read_small_body,
     single_headers,
-    trace,
 )
 from pingpull.db.engine import DatabaseUnavailable
 
 ROUTE: Final = "/v1/inbox"
 ACK_ROUTE: Final = "/v1/inbox/ack"
 _WANTED: Final = frozenset({b"authorization"})
-_ACK_WANTED: Final = frozenset({b"authorization", b"content-type", b"content-length", b"expect"})
 _ACK_MAX_BODY_BYTES: Final = 256  # `{"seq": 9223372036854775807}` is 28
 _MAX_SEQ: Final = 2**63 - 1
 _MAX_LIMIT: Final = 10_000  # ListQuery's bound: a larger limit is a 400 from the route
-# What the route's `no_content(204)` answers with: nothing (the parity test pins it).
-_NO_CONTENT_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 
 
 def parse_pull_query(query_string: bytes) -> tuple[int, int | None] | None:
@@ -70,14 +62,8 @@ def parse_pull_query(query_string: bytes) -> tuple[int, int | None] | None:
     return after, limit
 
 
-class InboxFastLane:
-    """ASGI middleware: answers inbox pulls it can decide, passes every other request to `app`."""
-
-    def __init__(self, app: ASGIApp, ctx: ContentContext, devices: DeviceCache, json: Any) -> None:
-        self._app = app
-        self._ctx = ctx
-        self._devices = devices
-        self._json = json  # the Quart app's JSON provider: the same bytes as the route's answers
+class InboxFastLane(JsonLane):
+    """ASGI middleware: answers inbox pulls and acks it can decide, passes every other request on."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -109,45 +95,27 @@ class InboxFastLane:
             )
         except (ContentError, DatabaseUnavailable):
             return False
-        await self._send_json(scope, send, messaging.inbox_page(head, entries), principal, started)
+        page = self.json_reply(200, messaging.inbox_page(head, entries))
+        await self.reply(scope, send, ROUTE, principal, started, page)
         return True
 
     async def _ack(self, scope: Scope, receive: Receive, send: Send, started: float) -> Receive | None:
         """Take the ack (None: answered), or hand back a `receive` that replays what was read."""
-        values = single_headers(scope, _ACK_WANTED)
-        if values is None or declared_length(values, _ACK_MAX_BODY_BYTES) is None:
+        request = await self.read_json_request(scope, receive, frozenset(), _ACK_MAX_BODY_BYTES)
+        if request is None:
             return receive
-        principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))
-        if principal is None:
-            return receive
-        body, replay = await read_small_body(receive, _ACK_MAX_BODY_BYTES)
-        seq = _ack_seq(json_object(body)) if body is not None else None
+        seq = _ack_seq(request.body)
         if seq is None:
-            return replay
+            return request.replay
+        principal, replay = request.principal, request.replay
         try:
             await self._ctx.database.transaction(
                 messaging.ack, principal.user_id, principal.device_id, seq, self._ctx.clock_ms()
             )
         except (ContentError, DatabaseUnavailable):
             return replay
-        trace(self._ctx, scope, ACK_ROUTE, 204, principal, started)
-        self._ctx.metrics.fast_lane_answers.labels(ACK_ROUTE).inc()
-        await send({"type": "http.response.start", "status": 204, "headers": _NO_CONTENT_HEADERS})
-        await send({"type": "http.response.body", "body": b""})
+        await self.reply(scope, send, ACK_ROUTE, principal, started, Reply(204, []))  # as `app.no_content`
         return None
-
-    async def _send_json(
-        self, scope: Scope, send: Send, page: dict[str, Any], principal: Principal, started: float
-    ) -> None:
-        body = (self._json.dumps(page, separators=(",", ":")) + "\n").encode()
-        self._ctx.metrics.fast_lane_answers.labels(ROUTE).inc()
-        trace(self._ctx, scope, ROUTE, 200, principal, started)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode("ascii")),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 def _ack_seq(parsed: dict[str, Any] | None) -> int | None:

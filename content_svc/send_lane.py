@@ -19,30 +19,19 @@ import time
 from typing import Any, Final
 
 from content_svc import sending
-from content_svc.auth import DeviceCache, Principal
-from content_svc.context import ContentContext
-from content_svc.errors import PROBLEM_CONTENT_TYPE, ContentError
+from content_svc.errors import ContentError
 from content_svc.fast_path import (
-    ASGIApp,
+    JsonLane,
     Receive,
     Scope,
     Send,
-    declared_length,
-    encode_headers,
-    json_object,
-    known_principal,
-    read_small_body,
-    single_headers,
-    trace,
 )
 from pingpull.db.engine import DatabaseUnavailable
 
 ROUTE: Final = "/v1/conversations/<id:conversation_id>/messages"  # the Quart rule, for metrics and logs
 _PATH: Final = re.compile(r"/v1/conversations/([1-9][0-9]{0,18})/messages")
 _MAX_ID: Final = 2**63 - 1
-_WANTED: Final = frozenset(
-    {b"authorization", b"content-type", b"content-length", b"expect", b"idempotency-key"}
-)
+_WANTED: Final = frozenset({b"idempotency-key"})
 _KEY: Final = re.compile(r"[\x21-\x7e]{1,128}")  # SendHeaders.idempotency_key
 _MEDIA_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")  # schemas.MediaId
 
@@ -59,14 +48,8 @@ def message_fields(parsed: dict[str, Any] | None) -> tuple[str, list[str]] | Non
     return text, media
 
 
-class SendFastLane:
-    """ASGI middleware: takes the sends it can decide, passes every other request to `app`."""
-
-    def __init__(self, app: ASGIApp, ctx: ContentContext, devices: DeviceCache, json: Any) -> None:
-        self._app = app
-        self._ctx = ctx
-        self._devices = devices
-        self._json = json  # the Quart app's JSON provider: the same bytes as the route's answers
+class SendFastLane(JsonLane):
+    """ASGI middleware: takes the sends it can decide, passes every other request on."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -83,53 +66,23 @@ class SendFastLane:
     ) -> Receive | None:
         """Take the send (None: answered), or hand back a `receive` that replays what was read."""
         max_bytes = self._ctx.settings.max_request_body_bytes
-        values = single_headers(scope, _WANTED)
-        if values is None or declared_length(values, max_bytes) is None:
+        request = await self.read_json_request(scope, receive, _WANTED, max_bytes)
+        if request is None:
             return receive
-        key = values.get("idempotency-key", "")
-        if not _KEY.fullmatch(key):
-            return receive
-        principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))
-        if principal is None:
-            return receive
-        body, replay = await read_small_body(receive, max_bytes)
-        fields = message_fields(json_object(body)) if body is not None else None
-        if fields is None:
-            return replay
+        key = request.headers.get("idempotency-key", "")
+        fields = message_fields(request.body)
+        if fields is None or not _KEY.fullmatch(key):
+            return request.replay
+        principal, replay = request.principal, request.replay
         try:
             result = await sending.send(self._ctx, principal, conversation_id, key, *fields)
         except ContentError as error:
-            await self._answer(scope, send, principal, started, *_problem(self._json, error))
+            await self.reply(scope, send, ROUTE, principal, started, self.problem_reply(error))
             return None
         except DatabaseUnavailable:
             return replay
-        answer = (self._json.dumps(result.message.as_json(), separators=(",", ":")) + "\n").encode()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Idempotent-Replayed", sending.replayed_header(result)),
-        ]
-        await self._answer(scope, send, principal, started, 201, headers, answer)
+        replayed = ("Idempotent-Replayed", sending.replayed_header(result))
+        await self.reply(
+            scope, send, ROUTE, principal, started, self.json_reply(201, result.message.as_json(), replayed)
+        )
         return None
-
-    async def _answer(
-        self,
-        scope: Scope,
-        send: Send,
-        principal: Principal,
-        started: float,
-        status: int,
-        headers: list[tuple[str, str]],
-        body: bytes,
-    ) -> None:
-        self._ctx.metrics.fast_lane_answers.labels(ROUTE).inc()
-        trace(self._ctx, scope, ROUTE, status, principal, started)
-        fields = encode_headers(headers)
-        fields.insert(1, (b"content-length", str(len(body)).encode("ascii")))
-        await send({"type": "http.response.start", "status": status, "headers": fields})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _problem(json: Any, error: ContentError) -> tuple[int, list[tuple[str, str]], bytes]:
-    """A refusal as the app's error handler renders it (`app._problem`)."""
-    body = json.dumps(error.problem()).encode()
-    return error.status, [("Content-Type", PROBLEM_CONTENT_TYPE), *error.headers.items()], body
