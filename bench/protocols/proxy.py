@@ -79,6 +79,10 @@ class Counters:
         self.down = {s: list(zeros) for s in SERVICES}
         self.reads = {s: list(zeros) for s in SERVICES}
         self.connections = {s: list(zeros) for s in SERVICES}
+        # Client connections closed at once because the proxy could not reach the server: the device
+        # sees "disconnected without a response", which is the server's (or the machine's) doing.
+        self.upstream_failures = {s: list(zeros) for s in SERVICES}
+        self.last_upstream_error = dict.fromkeys(SERVICES, "")
         self.requests = list(zeros)
         self.wakeups = list(zeros)
         self.last_active = [-1e18] * devices
@@ -95,6 +99,8 @@ class Counters:
             "down": self.down,
             "reads": self.reads,
             "connections": self.connections,
+            "upstream_failures": self.upstream_failures,
+            "last_upstream_error": self.last_upstream_error,
             "requests": self.requests,
             "wakeups": self.wakeups,
             "cpu_s": self_cpu_s(),
@@ -122,8 +128,10 @@ class Proxy:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             await sock.connect(self.upstreams[service])
-        except OSError:
+        except OSError as exc:
             sock.close()
+            self.counters.upstream_failures[service][device] += 1
+            self.counters.last_upstream_error[service] = repr(exc)
             await client.aclose()
             return
         upstream = trio.SocketStream(sock)

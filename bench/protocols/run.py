@@ -124,6 +124,19 @@ class Window:
         return sum(self.bytes_up[s] + self.bytes_down[s] for s in services)
 
 
+def proxy_failures(a: Snapshot, b: Snapshot) -> list[str]:
+    """Connections the byte-counting proxy closed because it could not reach the server."""
+    lines = []
+    for service in ("content", "signal"):
+        failed = b.total("upstream_failures", service) - a.total("upstream_failures", service)
+        if failed:
+            last = b.proxy["last_upstream_error"][service]
+            lines.append(
+                f"proxy: {failed} {service} connection(s) closed, the server could not be reached ({last})"
+            )
+    return lines
+
+
 @dataclass
 class StrategyResult:
     strategy: str
@@ -440,7 +453,7 @@ async def message_phase(
         load_other_cores=load_other,
         client_cpu_s=devices_cpu,
         proxy_cpu_s=float(busy_end.proxy["cpu_s"]) - float(busy_start.proxy["cpu_s"]),
-        errors=list(result["errors"]),
+        errors=[*proxy_failures(fleet.before_connect, final), *result["errors"]],
         error_count=int(result["error_count"]),
         send_retries=sending.retries,
         send_behind_s=sending.behind_s,
