@@ -38,6 +38,7 @@ from content_svc.media.fast_lane import MediaFastLane
 from content_svc.media.streaming import PacedHTTPConnection, StreamingBody, is_streaming_route
 from content_svc.observe import observe_request
 from content_svc.openapi import PingpullOpenAPI
+from content_svc.schemas import MAX_ID
 from content_svc.send_lane import SendFastLane
 from pingpull.db.engine import DatabaseUnavailable
 from pingpull.wire import MAX_U64
@@ -45,8 +46,7 @@ from pingpull.wire import MAX_U64
 log = logging.getLogger("pingpull.content")
 
 _EXTENSION = "pingpull"
-_MAX_ID = 2**63 - 1
-assert _MAX_ID < MAX_U64
+assert MAX_ID < MAX_U64
 
 
 class IdConverter(IntegerConverter):
@@ -56,7 +56,7 @@ class IdConverter(IntegerConverter):
 
     def to_python(self, value: str) -> int:
         number = int(value)
-        return number if 1 <= number <= _MAX_ID else 0
+        return number if 1 <= number <= MAX_ID else 0
 
 
 class _Request(TrioRequest):

@@ -29,8 +29,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
-# The headers `declared_length` and `known_principal` read.
-_JSON_FRAMING: Final = frozenset({b"authorization", b"content-type", b"content-length", b"expect"})
+# The headers `read_json_request` reads (`declared_length`, `known_principal`); a lane adds its own.
+JSON_REQUEST_HEADERS: Final = frozenset({b"authorization", b"content-type", b"content-length", b"expect"})
 
 
 def single_headers(scope: Scope, wanted: frozenset[bytes]) -> dict[str, str] | None:
@@ -163,8 +163,9 @@ class JsonLane:
         self, scope: Scope, receive: Receive, wanted: frozenset[bytes], max_bytes: int
     ) -> JsonRequest | None:
         """The request, read, if it is `application/json` of at most `max_bytes` from a device this
-        process knows; None, with nothing read, for the route to take as it is."""
-        values = single_headers(scope, wanted | _JSON_FRAMING)
+        process knows; None, with nothing read, for the route to take as it is. `wanted` holds
+        `JSON_REQUEST_HEADERS` and whatever else the lane reads."""
+        values = single_headers(scope, wanted)
         if values is None or declared_length(values, max_bytes) is None:
             return None
         principal = known_principal(self._ctx, self._devices, values.get("authorization", ""))

@@ -25,6 +25,7 @@ from typing import Any, Final
 from content_svc import messaging
 from content_svc.errors import ContentError
 from content_svc.fast_path import (
+    JSON_REQUEST_HEADERS,
     JsonLane,
     Receive,
     Reply,
@@ -33,14 +34,13 @@ from content_svc.fast_path import (
     known_principal,
     single_headers,
 )
+from content_svc.schemas import MAX_ID, MAX_PAGE_LIMIT
 from pingpull.db.engine import DatabaseUnavailable
 
 ROUTE: Final = "/v1/inbox"
 ACK_ROUTE: Final = "/v1/inbox/ack"
 _WANTED: Final = frozenset({b"authorization"})
 _ACK_MAX_BODY_BYTES: Final = 256  # `{"seq": 9223372036854775807}` is 28
-_MAX_SEQ: Final = 2**63 - 1
-_MAX_LIMIT: Final = 10_000  # ListQuery's bound: a larger limit is a 400 from the route
 
 
 def parse_pull_query(query_string: bytes) -> tuple[int, int | None] | None:
@@ -53,9 +53,9 @@ def parse_pull_query(query_string: bytes) -> tuple[int, int | None] | None:
             return None
         seen.add(name)
         number = int(value)
-        if name == b"after" and number <= _MAX_SEQ:
+        if name == b"after" and number <= MAX_ID:
             after = number
-        elif name == b"limit" and 1 <= number <= _MAX_LIMIT:
+        elif name == b"limit" and 1 <= number <= MAX_PAGE_LIMIT:
             limit = number
         else:
             return None
@@ -101,7 +101,7 @@ class InboxFastLane(JsonLane):
 
     async def _ack(self, scope: Scope, receive: Receive, send: Send, started: float) -> Receive | None:
         """Take the ack (None: answered), or hand back a `receive` that replays what was read."""
-        request = await self.read_json_request(scope, receive, frozenset(), _ACK_MAX_BODY_BYTES)
+        request = await self.read_json_request(scope, receive, JSON_REQUEST_HEADERS, _ACK_MAX_BODY_BYTES)
         if request is None:
             return receive
         seq = _ack_seq(request.body)
@@ -123,6 +123,6 @@ def _ack_seq(parsed: dict[str, Any] | None) -> int | None:
     if parsed is None or parsed.keys() != {"seq"}:
         return None
     seq = parsed["seq"]
-    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:  # strict: no bool, no float
+    if type(seq) is not int or not 0 <= seq <= MAX_ID:  # strict: no bool, no float
         return None
     return seq

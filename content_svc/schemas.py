@@ -12,12 +12,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_ID = 2**63 - 1
+MAX_PAGE_LIMIT = 10_000  # the largest `limit` a page request may ask for
+# Patterns without anchors, for `re.fullmatch` where a fast lane checks the same input as the schema.
+MEDIA_ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
+IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e]+"
+IDEMPOTENCY_KEY_MAX_CHARS = 128
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Seq = Annotated[int, Field(ge=0, le=MAX_ID)]
 Handle = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.]{3,64}$")]
 DeviceName = Annotated[str, StringConstraints(max_length=64)]
-MediaId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+MediaId = Annotated[str, StringConstraints(pattern=f"^{MEDIA_ID_PATTERN}$")]
 
 
 class Strict(BaseModel):
@@ -96,13 +101,13 @@ class ConversationList(Open):
 class ListQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # query strings are text
     after: Seq = 0
-    limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT)] | None = None
 
 
 class HistoryQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
     before: Id | None = None
-    limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT)] | None = None
 
 
 class SendMessage(Strict):
@@ -152,7 +157,10 @@ class SendHeaders(BaseModel):
     """`Idempotency-Key`: the client's id for this send; retries with the same key never duplicate."""
 
     idempotency_key: Annotated[
-        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+        str,
+        StringConstraints(
+            min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS, pattern=f"^{IDEMPOTENCY_KEY_PATTERN}$"
+        ),
     ]
 
 

@@ -21,19 +21,20 @@ from typing import Any, Final
 from content_svc import sending
 from content_svc.errors import ContentError
 from content_svc.fast_path import (
+    JSON_REQUEST_HEADERS,
     JsonLane,
     Receive,
     Scope,
     Send,
 )
+from content_svc.media import records
+from content_svc.schemas import IDEMPOTENCY_KEY_MAX_CHARS, IDEMPOTENCY_KEY_PATTERN, MAX_ID
 from pingpull.db.engine import DatabaseUnavailable
 
 ROUTE: Final = "/v1/conversations/<id:conversation_id>/messages"  # the Quart rule, for metrics and logs
 _PATH: Final = re.compile(r"/v1/conversations/([1-9][0-9]{0,18})/messages")
-_MAX_ID: Final = 2**63 - 1
-_WANTED: Final = frozenset({b"idempotency-key"})
-_KEY: Final = re.compile(r"[\x21-\x7e]{1,128}")  # SendHeaders.idempotency_key
-_MEDIA_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")  # schemas.MediaId
+_WANTED: Final = JSON_REQUEST_HEADERS | {b"idempotency-key"}
+_KEY: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def message_fields(parsed: dict[str, Any] | None) -> tuple[str, list[str]] | None:
@@ -43,7 +44,7 @@ def message_fields(parsed: dict[str, Any] | None) -> tuple[str, list[str]] | Non
     text, media = parsed["body"], parsed.get("media", [])
     if type(text) is not str or type(media) is not list:
         return None
-    if not all(type(m) is str and _MEDIA_ID.fullmatch(m) for m in media):
+    if not all(type(m) is str and records.looks_like_media_id(m) for m in media):
         return None
     return text, media
 
@@ -54,7 +55,7 @@ class SendFastLane(JsonLane):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             matched = _PATH.fullmatch(scope["path"])
-            if matched is not None and int(matched[1]) <= _MAX_ID:
+            if matched is not None and int(matched[1]) <= MAX_ID:
                 replay = await self._send(scope, receive, send, int(matched[1]), time.perf_counter())
                 if replay is None:
                     return
@@ -71,7 +72,7 @@ class SendFastLane(JsonLane):
             return receive
         key = request.headers.get("idempotency-key", "")
         fields = message_fields(request.body)
-        if fields is None or not _KEY.fullmatch(key):
+        if fields is None or len(key) > IDEMPOTENCY_KEY_MAX_CHARS or not _KEY.fullmatch(key):
             return request.replay
         principal, replay = request.principal, request.replay
         try:

@@ -19,14 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from content_svc.errors import Conflict, NotFound, Unprocessable
 from content_svc.media.blobs import UploadState
+from content_svc.schemas import MEDIA_ID_PATTERN
 from pingpull.db import dialects
 from pingpull.db.schema import media, members, message_media, uploads
 
-_MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_MEDIA_ID = re.compile(MEDIA_ID_PATTERN)
 
 
 def looks_like_media_id(value: str) -> bool:
-    return bool(_MEDIA_ID.match(value))
+    """The schema's shape exactly (a trailing newline too is refused, as the schema refuses it)."""
+    return _MEDIA_ID.fullmatch(value) is not None
 
 
 def new_media_id() -> str:

@@ -122,6 +122,13 @@ LEFT_TO_THE_ROUTE: dict[str, tuple[str | None, bytes, list[tuple[str, str]], str
     "another field": ("f", b'{"body": "hi", "to": 2}', [JSON], "", 400),
     "media not a list": ("m", b'{"body": "hi", "media": "x"}', [JSON], "", 400),
     "a malformed media id": ("i", b'{"body": "hi", "media": ["short"]}', [JSON], "", 400),
+    "a media id with a newline": (
+        "nl",
+        b'{"body": "hi", "media": ["AAAAAAAAAAAAAAAAAAAA\\n"]}',
+        [JSON],
+        "",
+        400,
+    ),
     "not JSON": ("j", b'{"body": ', [JSON], "", 400),
     "UTF-16": ("u", '{"body": "hi"}'.encode("utf-16"), [JSON], "", 400),
     "not a JSON content type": ("t", b'{"body": "hi"}', [("Content-Type", "text/plain")], "", 415),
