@@ -284,6 +284,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+GATEWAY_ROW: Final = "  of which the gateway process (`serve signal`, both threads)"
 MAIN_THREAD: Final = "main thread (trio: HTTP, routes, gateway)"
 OTHER_THREADS: Final = "other threads (the asyncio bridge: SQLAlchemy, asyncpg, redis)"
 
@@ -813,6 +814,7 @@ def where_the_time_goes(limits: list[Json], results: list[E2eResult]) -> list[st
         for name, seconds in (
             ("pingpull server processes", sum(w.servers)),
             *((f"  of which {k}", v) for k, v in w.server_threads.items()),
+            *(((GATEWAY_ROW, w.servers[-1]),) if r.layout == "split" else ()),
             ("senders (this process: httpx under trio)", w.senders),
             ("recipients (the SDK: trio-websocket + httpx)", w.recipients),
             ("PostgreSQL (all backends)", w.postgres),
@@ -826,6 +828,7 @@ def where_the_time_goes(limits: list[Json], results: list[E2eResult]) -> list[st
         "the asyncio workers (SQLAlchemy + asyncpg on uvloop)",
         "pingpull server processes",
         *(f"  of which {k}" for k in (MAIN_THREAD, OTHER_THREADS)),
+        GATEWAY_ROW,
         "senders (this process: httpx under trio)",
         "recipients (the SDK: trio-websocket + httpx)",
         "PostgreSQL (all backends)",

@@ -22,7 +22,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import IntegerConverter
 
-from content_svc import coalesced_writes, schema_cache, socket_writes, zero_copy
+from content_svc import coalesced_writes, keep_alive, schema_cache, socket_writes, zero_copy
 from content_svc.auth import DeviceCache, Principal, authenticate
 from content_svc.context import ContentContext
 from content_svc.errors import (
@@ -84,6 +84,7 @@ def create_app(ctx: ContentContext) -> QuartTrio:
     coalesced_writes.install()
     socket_writes.install(ctx.settings.send_stall_timeout_s)
     zero_copy.install()
+    keep_alive.install()
     app = QuartTrio("pingpull.content")
     app.request_class = _Request
     app.asgi_http_class = PacedHTTPConnection

@@ -37,8 +37,7 @@ def hypercorn_config(ctx: ContentContext, tls: TlsFiles | None = None) -> Hyperc
     config.accesslog = None  # our request log replaces it (and never prints query strings)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.shutdown_timeout_s
-    # Phones reuse connections across bursts of activity; a short keep-alive costs a TLS handshake each time.
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.keep_alive_timeout_s  # enforced by content_svc/keep_alive.py
     config.h11_max_incomplete_size = 16 * 1024
     config.backlog = settings.listen_backlog
     return config

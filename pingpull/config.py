@@ -111,6 +111,9 @@ class ContentSettings:
     # A client that takes no bytes of an answer for this long is disconnected (between two writes
     # that moved data, like nginx's send_timeout: a slow download that moves is never cut).
     send_stall_timeout_s: float = 60.0
+    # An idle connection is kept this long: phones reuse connections across bursts of activity, and
+    # a short keep-alive costs them a new handshake (and a radio wake-up's worth of round trips).
+    keep_alive_timeout_s: float = 75.0
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -129,6 +132,7 @@ class ContentSettings:
         _require(self.request_timeout_s > 0, "content.request_timeout_s must be positive")
         _require(0 < self.send_stall_timeout_s <= 3600, "content.send_stall_timeout_s within 0..3600")
         _require(1 <= self.listen_backlog <= 65535, "content.listen_backlog within 1..65535")
+        _require(0 < self.keep_alive_timeout_s <= 3600, "content.keep_alive_timeout_s within 0..3600")
 
 
 @dataclass(frozen=True, slots=True)
