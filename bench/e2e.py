@@ -61,6 +61,7 @@ from bench.protocols.devices import SHARED_TLS
 from bench.protocols.scenario import Sent, verify
 from pingpull.client.content import ContentClient
 from pingpull.client.errors import ApiError, TransportError
+from pingpull.client.http1 import Http1Session
 
 DEFAULT_DATABASE_URL: Final = "postgresql+asyncpg://postgres@127.0.0.1:5432/pingpull_bench_e2e"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -284,6 +285,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+SENDERS_ROW: Final = "senders (this process: the SDK's Http1Session under trio)"
+RECIPIENTS_ROW: Final = "recipients (the SDK: trio-websocket + Http1Session)"
 GATEWAY_ROW: Final = "  of which the gateway process (`serve signal`, both threads)"
 MAIN_THREAD: Final = "main thread (trio: HTTP, routes, gateway)"
 OTHER_THREADS: Final = "other threads (the asyncio bridge: SQLAlchemy, asyncpg, redis)"
@@ -475,6 +478,7 @@ async def run_e2e(
                 "connect_spread_s": 0.5,
                 "seed": 1,
                 "timeout_s": 60,
+                "content_http": "http1",
             },
             timeout_s=90,
         )
@@ -485,10 +489,7 @@ async def run_e2e(
         k = options.recipients_per_sender
 
         async def sender(i: int) -> None:
-            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-            async with httpx.AsyncClient(
-                base_url=contents[i % len(contents)], timeout=30, limits=limits, verify=SHARED_TLS
-            ) as http:
+            async with Http1Session(contents[i % len(contents)], timeout_s=30) as http:
                 client = ContentClient(http, cast_.senders[i].token)
                 n = 0
                 while not stop.is_set():
@@ -721,8 +722,9 @@ def render(
     lines = [
         "# End to end: send -> signal -> pull -> ack on PostgreSQL + Redis",
         "",
-        f"`{prog}`: {n} senders (one HTTP/1.1 client each, one message in flight each) to {k} recipients "
-        f"each ({n * k} recipient devices on WebSocket through the client SDK); a message counts when "
+        f"`{prog}`: {n} senders (the SDK over one `Http1Session` connection each, one message in "
+        f"flight each) to {k} recipients each ({n * k} recipient devices on WebSocket through the "
+        "client SDK, content requests over `Http1Session`); a message counts when "
         "its recipient's ack has committed (growth of the recipients' `device_cursors.acked_seq`). "
         f"Warm-up {options.warmup_s:g} s, measured {options.duration_s:g} s. The limit is the same units "
         "of database work (send transaction, inbox pull, ack; pingpull's own functions and transaction "
@@ -815,8 +817,8 @@ def where_the_time_goes(limits: list[Json], results: list[E2eResult]) -> list[st
             ("pingpull server processes", sum(w.servers)),
             *((f"  of which {k}", v) for k, v in w.server_threads.items()),
             *(((GATEWAY_ROW, w.servers[-1]),) if r.layout == "split" else ()),
-            ("senders (this process: httpx under trio)", w.senders),
-            ("recipients (the SDK: trio-websocket + httpx)", w.recipients),
+            (SENDERS_ROW, w.senders),
+            (RECIPIENTS_ROW, w.recipients),
             ("PostgreSQL (all backends)", w.postgres),
             ("Redis", w.redis),
             (IRQ_ROW, w.machine_irq),
@@ -829,8 +831,8 @@ def where_the_time_goes(limits: list[Json], results: list[E2eResult]) -> list[st
         "pingpull server processes",
         *(f"  of which {k}" for k in (MAIN_THREAD, OTHER_THREADS)),
         GATEWAY_ROW,
-        "senders (this process: httpx under trio)",
-        "recipients (the SDK: trio-websocket + httpx)",
+        SENDERS_ROW,
+        RECIPIENTS_ROW,
         "PostgreSQL (all backends)",
         "Redis",
         IRQ_ROW,

@@ -7,12 +7,15 @@ Each device is what an app's background service would be, with its own HTTP conn
 * ``short``: short polling, which the SDK does not do: `GET /v1/inbox?after=cursor` every `interval_s`
   (from a random phase, so a thousand phones do not poll in lockstep), then the ack when it got items.
 
+The content requests go through httpx, or with ``"content_http": "http1"`` through the SDK's
+`Http1Session` (one keep-alive HTTP/1.1 connection per device, a third of httpx's client CPU).
+
 Every content request of every strategy carries the same realistic mobile headers (`MOBILE_HEADERS`
 plus the device's bearer token). The signal requests are the SDK's own.
 
 Protocol on stdin/stdout (JSON lines): `{"cmd": "start", "strategy", "devices": [{"token",
-"content_url", "signal_url"}], "interval_s", "connect_spread_s", "seed"}` answers when every device
-is connected (or has polled once); `{"cmd": "status"}` answers how many messages arrived;
+"content_url", "signal_url"}], "interval_s", "connect_spread_s", "seed", "content_http"}` answers when
+every device is connected (or has polled once); `{"cmd": "status"}` answers how many messages arrived;
 `{"cmd": "stop"}` answers with every (message id, seq, arrival time) per device and the errors.
 """
 
@@ -32,6 +35,7 @@ import trio
 from bench.protocols.common import LineChannel, raise_fd_limit, self_cpu_s
 from pingpull.client.content import ContentClient
 from pingpull.client.errors import ClientError
+from pingpull.client.http1 import Http1Session
 from pingpull.client.signal import DeviceSync
 
 STRATEGIES: Final = ("short", "poll", "sse", "ws")
@@ -94,7 +98,10 @@ class Fleet:
         return sum(len(d.received) for d in self.devices)
 
 
-def http_client(device: Device, http2: bool = False) -> httpx.AsyncClient:
+def http_client(device: Device, http2: bool = False, lean: bool = False) -> httpx.AsyncClient | Http1Session:
+    """The device's content connection: httpx, or with `lean` the SDK's `Http1Session` (HTTP/1.1)."""
+    if lean and not http2:
+        return Http1Session(device.content_url, headers=MOBILE_HEADERS, timeout_s=30, ssl_context=SHARED_TLS)
     # A phone keeps its connection between bursts (the content service keeps it 75 s).
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=60)
     return httpx.AsyncClient(
@@ -108,10 +115,10 @@ def http_client(device: Device, http2: bool = False) -> httpx.AsyncClient:
     )
 
 
-async def run_sdk(fleet: Fleet, device: Device, transport: str) -> None:
+async def run_sdk(fleet: Fleet, device: Device, transport: str, lean: bool) -> None:
     """The SDK's DeviceSync on one transport; restarted if it ever gives up."""
     tls = device.signal_url.startswith(("https://", "wss://"))
-    async with http_client(device) as http:
+    async with http_client(device, lean=lean) as http:
         while True:
             sync = DeviceSync(
                 content=ContentClient(http, device.token),
@@ -143,10 +150,10 @@ async def run_sdk(fleet: Fleet, device: Device, transport: str) -> None:
 
 
 async def run_short_poll(
-    fleet: Fleet, device: Device, interval_s: float, rng: random.Random, http2: bool = False
+    fleet: Fleet, device: Device, interval_s: float, rng: random.Random, http2: bool, lean: bool
 ) -> None:
     """GET /v1/inbox?after=cursor every interval_s; ack what arrived."""
-    async with http_client(device, http2) as http:
+    async with http_client(device, http2, lean) as http:
         content = ContentClient(http, device.token)
         cursor = 0
         next_poll = trio.current_time() + rng.uniform(0, interval_s)
@@ -172,6 +179,7 @@ async def run_fleet(
     interval_s: float,
     spread_s: float,
     seed: int,
+    lean: bool,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     rng = random.Random(seed)
@@ -179,12 +187,12 @@ async def run_fleet(
     if strategy in ("short", "short-h2"):
 
         def starter(device: Device) -> Any:
-            return run_short_poll(fleet, device, interval_s, rng, http2=strategy == "short-h2")
+            return run_short_poll(fleet, device, interval_s, rng, strategy == "short-h2", lean)
 
     elif strategy in ("ws", "sse", "poll"):
 
         def starter(device: Device) -> Any:
-            return run_sdk(fleet, device, strategy)
+            return run_sdk(fleet, device, strategy, lean)
 
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -220,6 +228,7 @@ async def main() -> None:
                     float(message["interval_s"]),
                     float(message["connect_spread_s"]),
                     int(message["seed"]),
+                    message.get("content_http", "httpx") == "http1",
                 )
                 with trio.move_on_after(float(message.get("timeout_s", 120))):
                     for device in fleet.devices:
