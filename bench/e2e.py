@@ -271,8 +271,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the main thread and of all other threads, from /proc/<pid>/task.
 
     Python 3.11 does not give its threads OS names, so the threads are told apart by id: the main
-    thread runs trio (HTTP, routes, the gateway); the others are the asyncio bridge's loop thread
-    (asyncpg, SQLAlchemy, redis) and, rarely, trio's worker threads."""
+    thread runs trio (HTTP, routes, the gateway, the Redis bus); the others are the asyncio bridge's
+    loop thread (asyncpg, SQLAlchemy) and, rarely, trio's worker threads."""
     out = {MAIN_THREAD: 0.0, OTHER_THREADS: 0.0}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -288,8 +288,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
 SENDERS_ROW: Final = "senders (this process: the SDK's Http1Session under trio)"
 RECIPIENTS_ROW: Final = "recipients (the SDK: trio-websocket + Http1Session)"
 GATEWAY_ROW: Final = "  of which the gateway process (`serve signal`, both threads)"
-MAIN_THREAD: Final = "main thread (trio: HTTP, routes, gateway)"
-OTHER_THREADS: Final = "other threads (the asyncio bridge: SQLAlchemy, asyncpg, redis)"
+MAIN_THREAD: Final = "main thread (trio: HTTP, routes, gateway, Redis)"
+OTHER_THREADS: Final = "other threads (the asyncio bridge: SQLAlchemy, asyncpg)"
 
 
 _METRIC_LINE: Final = re.compile(

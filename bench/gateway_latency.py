@@ -194,14 +194,13 @@ def publish_memory(args: argparse.Namespace, workdir: Path) -> PublishResult:
 async def _publish_redis_steady(
     args: argparse.Namespace, prefix: str, devices: list[int], count: int
 ) -> list[tuple[int, int, int, int]]:
-    from pingpull.aio import open_asyncio_bridge
     from pingpull.bus import Publication
     from pingpull.bus.redis import open_redis_bus
 
     rng = random.Random(args.seed)
     heads: dict[int, int] = {}
     records: list[tuple[int, int, int, int]] = []
-    async with open_asyncio_bridge() as bridge, open_redis_bus(args.redis_url, bridge, prefix=prefix) as bus:
+    async with open_redis_bus(args.redis_url, prefix=prefix) as bus:
         await bus.head(0)  # connect and load the script before the clock starts
         start = trio.current_time() + 0.2
         for i in range(count):

@@ -93,7 +93,7 @@ async def open_kernel(settings: Settings, *, with_database: bool = True) -> Asyn
         bus: Bus
         if settings.redis_url:
             bus = await stack.enter_async_context(
-                open_redis_bus(settings.redis_url, bridge, prefix=settings.redis_prefix, head_loader=loader)
+                open_redis_bus(settings.redis_url, prefix=settings.redis_prefix, head_loader=loader)
             )
         else:
             bus = MemoryBus(head_loader=loader)

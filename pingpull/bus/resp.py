@@ -54,7 +54,7 @@ import trio
 
 from pingpull.bus.base import BusError
 
-__all__ = ["RespSubscriber", "encode_command"]
+__all__ = ["Endpoint", "RespSubscriber", "describe", "encode_command", "open_connection", "parse_url"]
 
 logger = logging.getLogger("pingpull.bus")
 
@@ -87,7 +87,7 @@ def encode_command(*parts: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class _Endpoint:
+class Endpoint:
     host: str
     port: int
     username: str | None
@@ -99,7 +99,7 @@ class _Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _parse_url(url: str) -> _Endpoint:
+def parse_url(url: str) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise BusError(f"unsupported Redis URL scheme {parts.scheme!r}: only redis:// is supported")
@@ -118,10 +118,10 @@ def _parse_url(url: str) -> _Endpoint:
     password = unquote(parts.password) if parts.password is not None else None
     if username is not None and password is None:
         raise BusError("Redis URL: a username needs a password (redis://user:password@host)")
-    return _Endpoint(parts.hostname or "localhost", port, username, password, db)
+    return Endpoint(parts.hostname or "localhost", port, username, password, db)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -131,6 +131,45 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
     while view:
         sent = await sock.send(view)
         view = view[sent:]
+
+
+async def open_connection(
+    endpoint: Endpoint, *, client_name: str | None, select_db: bool
+) -> tuple[trio.socket.SocketType, hiredis.Reader]:
+    """TCP connect, then AUTH / SELECT / CLIENT SETNAME / PING in one write; any error reply is a
+    BusError. The reader is left positioned after the handshake's replies."""
+    # open_tcp_stream for its happy eyeballs; from here on the raw socket (recv_into, no stream
+    # wrapper) is all that is used.
+    sock = (await trio.open_tcp_stream(endpoint.host, endpoint.port)).socket
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        commands: list[tuple[str, bytes]] = []
+        if endpoint.password is not None:
+            credentials = [endpoint.password.encode()]
+            if endpoint.username is not None:
+                credentials.insert(0, endpoint.username.encode())
+            commands.append(("AUTH", encode_command(b"AUTH", *credentials)))
+        if select_db and endpoint.db:
+            commands.append(("SELECT", encode_command(b"SELECT", str(endpoint.db).encode())))
+        if client_name is not None:
+            name = client_name.encode()
+            commands.append(("CLIENT SETNAME", encode_command(b"CLIENT", b"SETNAME", name)))
+        commands.append(("PING", _PING))
+        await _send_all(sock, b"".join(command for _, command in commands))
+        reader = hiredis.Reader()
+        buf = bytearray(4096)
+        for what, _ in commands:
+            while (reply := reader.gets()) is False:
+                received = await sock.recv_into(buf)
+                if not received:
+                    raise BusError("Redis closed the connection during the handshake")
+                reader.feed(cast(bytes, buf), 0, received)
+            if isinstance(reply, hiredis.ReplyError):
+                raise BusError(f"Redis refused {what}: {reply}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, reader
 
 
 class RespSubscriber:
@@ -166,7 +205,7 @@ class RespSubscriber:
             raise BusError("batch_size must be >= 1")
         if client_name is not None and (not client_name or any(c.isspace() for c in client_name)):
             raise BusError("client_name must be non-empty and contain no whitespace")
-        self._endpoint = _parse_url(url)
+        self._endpoint = parse_url(url)
         self._on_message = on_message
         self._on_connected = on_connected
         self._backoff_initial_s = backoff_initial_s
@@ -256,7 +295,7 @@ class RespSubscriber:
                         "redis pub/sub: cannot connect to %s (attempt %d): %s; retrying in %.2f s",
                         address,
                         failures,
-                        _describe(exc),
+                        describe(exc),
                         delay,
                     )
                     await trio.sleep(delay)
@@ -282,38 +321,8 @@ class RespSubscriber:
         return random.uniform(0.0, ceiling)
 
     async def _connect(self) -> tuple[trio.socket.SocketType, hiredis.Reader]:
-        """TCP connect, then AUTH / CLIENT SETNAME / PING in one write; any error reply is a BusError."""
-        endpoint = self._endpoint
-        # open_tcp_stream for its happy eyeballs; from here on the raw socket (recv_into, no stream
-        # wrapper) is all that is used.
-        sock = (await trio.open_tcp_stream(endpoint.host, endpoint.port)).socket
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            commands: list[tuple[str, bytes]] = []
-            if endpoint.password is not None:
-                credentials = [endpoint.password.encode()]
-                if endpoint.username is not None:
-                    credentials.insert(0, endpoint.username.encode())
-                commands.append(("AUTH", encode_command(b"AUTH", *credentials)))
-            if self._client_name is not None:
-                name = self._client_name.encode()
-                commands.append(("CLIENT SETNAME", encode_command(b"CLIENT", b"SETNAME", name)))
-            commands.append(("PING", _PING))
-            await _send_all(sock, b"".join(command for _, command in commands))
-            reader = hiredis.Reader()
-            buf = bytearray(4096)
-            for what, _ in commands:
-                while (reply := reader.gets()) is False:
-                    received = await sock.recv_into(buf)
-                    if not received:
-                        raise BusError("Redis closed the connection during the handshake")
-                    reader.feed(cast(bytes, buf), 0, received)
-                if isinstance(reply, hiredis.ReplyError):
-                    raise BusError(f"Redis refused {what}: {reply}")
-        except BaseException:
-            sock.close()
-            raise
-        return sock, reader
+        # No SELECT: pub/sub channels are not scoped by database.
+        return await open_connection(self._endpoint, client_name=self._client_name, select_db=False)
 
     async def _serve(self, sock: trio.socket.SocketType, reader: hiredis.Reader) -> None:
         """One connection's life: resubscribe everything, then read and write until it breaks."""
@@ -338,7 +347,7 @@ class RespSubscriber:
         except _CONNECTION_ERRORS as exc:
             if not scope.cancel_called:
                 logger.warning(
-                    "redis pub/sub: connection to %s lost: %s", self._endpoint.address, _describe(exc)
+                    "redis pub/sub: connection to %s lost: %s", self._endpoint.address, describe(exc)
                 )
         scope.cancel()
 

@@ -11,7 +11,6 @@ import trio
 from trio_websocket import open_websocket_url
 
 from pingpull import wire
-from pingpull.aio import AsyncioBridge
 from pingpull.bus import BusError, Publication
 from pingpull.bus.redis import RedisBus, open_redis_bus
 from pingpull.tokens import ensure_keys
@@ -27,8 +26,8 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def bus(bridge: AsyncioBridge, redis_url: str, prefix: str) -> AsyncIterator[RedisBus]:
-    async with open_redis_bus(redis_url, bridge, prefix=prefix) as opened, trio.open_nursery() as nursery:
+async def bus(redis_url: str, prefix: str) -> AsyncIterator[RedisBus]:
+    async with open_redis_bus(redis_url, prefix=prefix) as opened, trio.open_nursery() as nursery:
         await nursery.start(opened.subscriber.run)
         yield opened
         nursery.cancel_scope.cancel()
@@ -94,8 +93,10 @@ async def test_gateway_on_redis_survives_a_redis_restart_and_resyncs(
         private_redis.start()
         with trio.fail_after(15):
             resync = wire.decode(await ws.get_message())
-        # Redis lost the head, so the gateway says "unknown": the client must pull.
-        assert (resync.kind, resync.head, resync.ref) == (wire.Kind.NEW, wire.UNKNOWN_HEAD, 0)
+        # Redis lost the head; the bus reads it from the database (this process has one) and writes
+        # it back, so the device learns its real head instead of "unknown" and pulls only if behind.
+        assert (resync.kind, resync.head, resync.ref) == (wire.Kind.NEW, 1, 0)
+        assert await bus.head(b["user_id"]) == 1
         await wait_until(lambda: bus.subscriber.server_channel_count == 1)
         second = await alice.send(conversation["id"], "after the restart")
         with trio.fail_after(5):
@@ -118,7 +119,7 @@ async def test_send_succeeds_while_redis_is_down(
 
 
 async def test_heads_redis_lacks_come_from_the_loader_and_are_written_back_forward_only(
-    bridge: AsyncioBridge, redis_url: str, prefix: str
+    redis_url: str, prefix: str
 ) -> None:
     asked: list[list[int]] = []
     database = {1: 7, 2: 3}  # user 3 does not exist
@@ -127,7 +128,7 @@ async def test_heads_redis_lacks_come_from_the_loader_and_are_written_back_forwa
         asked.append(sorted(user_ids))
         return {u: database[u] for u in user_ids if u in database}
 
-    async with open_redis_bus(redis_url, bridge, prefix=prefix, head_loader=loader) as bus:
+    async with open_redis_bus(redis_url, prefix=prefix, head_loader=loader) as bus:
         # Redis knows user 2 at 9 (newer than the database read will say): Redis wins.
         await bus.publish([Publication(user_id=2, head=9, frame=wire.encode_new(9, 1), device_ids=())])
         assert await bus.heads([1, 2, 3]) == {1: 7, 2: 9, 3: None}
@@ -142,11 +143,11 @@ async def test_heads_redis_lacks_come_from_the_loader_and_are_written_back_forwa
         assert asked == [[1, 3], [3]]
 
 
-async def test_a_failing_loader_is_a_bus_error(bridge: AsyncioBridge, redis_url: str, prefix: str) -> None:
+async def test_a_failing_loader_is_a_bus_error(redis_url: str, prefix: str) -> None:
     async def loader(user_ids: Sequence[int]) -> Mapping[int, int]:
         raise BusError("database down")
 
-    async with open_redis_bus(redis_url, bridge, prefix=prefix, head_loader=loader) as bus:
+    async with open_redis_bus(redis_url, prefix=prefix, head_loader=loader) as bus:
         with pytest.raises(BusError):
             await bus.head(1)
 
