@@ -1,11 +1,12 @@
 """The Redis bus: many content replicas publish, many gateways subscribe, one Redis in between.
 
 Publishing (content service) uses the trio-native `RespCommands` (one pipelined connection, hiredis,
-no asyncio bridge; it replaced redis.asyncio behind the bridge, which cost ~0.5 ms of CPU per send
-across two threads): one EVALSHA per send, whatever the number of recipients. The script stores each
-user's head only if it moves forward and PUBLISHes the frame to each device channel, in one atomic
-step, and returns PUBLISH's receiver counts (how many gateways hold each device). Heads expire after
-`head_ttl_s` of silence; a missing head is "unknown" and makes the client pull once.
+no asyncio bridge; it replaced redis.asyncio behind the bridge, which cost 3× the CPU per send,
+across two threads: `python -m bench.client_costs`): one EVALSHA per send, whatever the number of
+recipients. The script stores each user's head only if it moves forward and PUBLISHes the frame to
+each device channel, in one atomic step, and returns PUBLISH's receiver counts (how many gateways
+hold each device). Heads expire after `head_ttl_s` of silence; a missing head is "unknown" and makes
+the client pull once.
 
 Subscribing (gateway) uses the trio-native `RespSubscriber` (bench/redis_subscriber.py measured it
 against redis.asyncio's PubSub across the bridge): messages are parsed by hiredis in the trio thread

@@ -1,10 +1,9 @@
 """Redis commands from trio: one pipelined connection, RESP2 parsed by hiredis, no asyncio, no thread.
 
 The content service publishes one EVALSHA per send. Through redis.asyncio behind the asyncio bridge
-that cost, measured one call after another, 160-200 µs of CPU on the trio thread and 310-420 µs on
-the bridge thread per publish: a thread hop each way plus redis-py's pool, locks and parsing. Here
-the command is written from the trio thread and the reply parsed there: 150-190 µs in all
-(docs/architecture.md, "The Redis bus").
+that cost a thread hop each way plus redis-py's pool, locks and parsing, on two threads. Here the
+command is written from the trio thread and the reply parsed there: 0.3× the CPU per publish
+(`python -m bench.client_costs`; docs/architecture.md, "The Redis bus").
 
 How it works:
 

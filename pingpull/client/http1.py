@@ -2,9 +2,9 @@
 
 httpx is the SDK's general HTTP client (HTTP/2, streaming, redirects, any origin). For a device's
 steady traffic (pull, ack, send: small JSON requests, one at a time, to one origin) its layers cost
-more than the work: measured under trio against the content service, about 1.1-1.3 ms of client CPU
-per request, against 0.37-0.40 ms for the same request written with h11 on a trio socket
-(docs/decisions/0007-sdk-http1-session.md). On a phone that is battery; in `pingpull bench e2e`,
+more than the work: measured under trio against the content service, this session's client takes
+0.38-0.53× of httpx's CPU per request (`python -m bench.client_costs`;
+docs/decisions/0007-sdk-http1-session.md). On a phone that is battery; in `pingpull bench e2e`,
 where the clients share two cores with the server, it was a quarter of the machine.
 
 `Http1Session` has the part of `httpx.AsyncClient.request` that `ContentClient` uses, and answers
