@@ -7,22 +7,17 @@ fires. Throughput is the growth of the recipients' acknowledged cursors (the sum
 `device_cursors.acked_seq`, read from the database) over a steady window: a message counts once its
 recipient's ack has committed.
 
-The limit is measured in the same run, before and after, on the same database: the same units of
-database work (`content_svc.messaging.send_message`, `pull_inbox`, `ack`, inside pingpull's own
-transaction wrapper `Database._in_transaction` and its engine settings) driven by N workers on native
-asyncio (uvloop, asyncpg through SQLAlchemy, no trio, no bridge, no HTTP, no signal), each doing
-send -> pull -> ack per message for its own k recipients.
+The limit is measured in the same run, before and after, on the same database, by
+`bench/e2e_database.py`: the same units of database work on native asyncio.
 
 Where the time goes: CPU seconds per delivered message of every process involved (the server per
 thread, the senders, the recipients, PostgreSQL, Redis) from /proc, and a py-spy profile of the
-server taken after the measured window, summarised by layer and by function.
+server taken after the measured window (`bench/e2e_profile.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import re
 import shutil
@@ -30,15 +25,24 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import httpx
 import trio
 
+from bench.e2e_database import (
+    BODY,
+    cpu_of,
+    database_counters,
+    pids_named,
+    postgres_cpu_s,
+    prepare_database,
+    server_version,
+)
+from bench.e2e_profile import profile_server
 from bench.protocols.common import (
     RESULTS_DIR,
     BenchError,
@@ -70,7 +74,6 @@ LAYOUTS: Final = {
     "split": "two `pingpull serve content` processes (half the pool each) and one `pingpull serve signal`",
 }
 PACKAGES: Final = ("trio", "httpx", "hypercorn", "quart", "SQLAlchemy", "asyncpg", "redis", "uvloop")
-BODY: Final = "a chat message of an ordinary length, eighty characters or so, nothing more to it."
 
 
 @dataclass
@@ -112,159 +115,7 @@ class Cast:
         }
 
 
-# --- the database's limit: native asyncio, the same units of work ------------------------------------
-
-
-async def _limit_main(config: Json) -> Json:
-    from content_svc import messaging
-    from content_svc.context import wall_clock_ms
-    from pingpull.db.engine import Database, create_engine
-
-    engine = create_engine(config["database_url"], pool_size=int(config["pool_size"]))
-    database = Database(engine, cast(Any, None))  # never crosses a bridge: _in_transaction is asyncio
-    # Like `Database.transaction`, at most pool-size units of work at once, the others waiting in FIFO
-    # order (asyncio's Semaphore is fair; SQLAlchemy's pool queue alone is not, and lets a worker
-    # starve past the pool timeout).
-    gate = asyncio.Semaphore(int(config["pool_size"]))
-
-    async def run(work: Any, read_only: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        async with gate:
-            return await database._in_transaction(work, read_only, args, kwargs)
-
-    senders = config["senders"]
-    recipients = config["recipients"]
-    conversations = config["conversations"]
-    warmup_s, duration_s = float(config["warmup_s"]), float(config["duration_s"])
-    tag = uuid.uuid4().hex[:8]
-    done: list[float] = []
-    stop_at = time.monotonic() + warmup_s + duration_s
-
-    async def worker(i: int) -> None:
-        sender = senders[i]
-        cursors = [0] * len(recipients[i])
-        n = 0
-        while time.monotonic() < stop_at:
-            j = n % len(recipients[i])
-            recipient = recipients[i][j]
-            await run(
-                messaging.send_message,
-                False,
-                (),
-                {
-                    "sender_id": sender["user_id"],
-                    "sender_device_id": sender["device_id"],
-                    "conversation_id": conversations[i][j],
-                    "idempotency_key": f"limit-{tag}-{i}-{n}",
-                    "body": BODY,
-                    "media": [],
-                    "clock_ms": wall_clock_ms,
-                    "ack_grace_ms": 15_000,
-                },
-            )
-            _, items = await run(messaging.pull_inbox, True, (recipient["user_id"], cursors[j], 50), {})
-            cursors[j] = items[-1][0]
-            await run(
-                messaging.ack,
-                False,
-                (recipient["user_id"], recipient["device_id"], cursors[j], wall_clock_ms()),
-                {},
-            )
-            done.append(time.monotonic())
-            n += 1
-
-    started = time.monotonic()
-    try:
-        tasks = [asyncio.create_task(worker(i)) for i in range(len(senders))]
-        await asyncio.sleep(warmup_s)
-        sessions0 = await _sessions(config["database_url"])
-        window_start, first = time.monotonic(), _window_counters()
-        await asyncio.sleep(duration_s)
-        window_end, last = time.monotonic(), _window_counters()
-        sessions1 = await _sessions(config["database_url"])
-        await asyncio.gather(*tasks)
-    finally:
-        await engine.dispose()
-    counted = sum(1 for t in done if window_start <= t <= window_end)
-    return {
-        "messages_per_s": counted / (window_end - window_start),
-        "messages": counted,
-        "seconds": window_end - window_start,
-        "cpu_s": last[0] - first[0],
-        "postgres_cpu_s": last[1] - first[1],
-        "machine_busy_s": last[2] - first[2],
-        "machine_irq_s": last[3] - first[3],
-        "sessions": sessions1 - sessions0 - 1,  # minus the one that asked
-        "wall_s": time.monotonic() - started,
-    }
-
-
-async def _sessions(database_url: str) -> int:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        return int(await conn.fetchval(_SESSIONS_SQL) or 0)
-    finally:
-        await conn.close()
-
-
-def _window_counters() -> tuple[float, float, float, float]:
-    """(this process's CPU, PostgreSQL's CPU, the machine's busy CPU, its interrupts), seconds."""
-    return self_cpu_s(), postgres_cpu_s(), machine_busy_s(), machine_interrupts_s()
-
-
-def limit_worker() -> None:
-    """Child process: read the config line, measure, print the result line."""
-    config = json.loads(sys.stdin.readline())
-    try:
-        import uvloop
-
-        result = uvloop.run(_limit_main(config))
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        result = asyncio.run(_limit_main(config))
-    print(json.dumps(result), flush=True)
-    sys.stdin.readline()  # wait for the parent to close
-
-
-# --- /proc helpers -----------------------------------------------------------------------------------
-
-
-def pids_named(name: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm", encoding="ascii", errors="replace") as comm:
-                    if comm.read().strip() == name:
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def cpu_of(pids: Sequence[int], children: bool = False) -> float:
-    """utime + stime of the processes; with `children`, plus what their reaped children used (for
-    PostgreSQL: the postmaster accumulates the CPU of every backend that has exited, e.g. the
-    connections a pool opened and closed during the window)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = int(fields[11]) + int(fields[12])
-        if children:
-            ticks += int(fields[13]) + int(fields[14])
-        total += ticks / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def postgres_cpu_s() -> float:
-    return cpu_of(pids_named("postgres"), children=True)
-
-
-_SESSIONS_SQL: Final = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+# --- per-thread CPU, the content metrics, snapshots ---------------------------------------------------
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -347,29 +198,6 @@ class CpuSnapshot:
             sessions=self.sessions - other.sessions,
             requests={k: v - other.requests.get(k, 0.0) for k, v in self.requests.items()},
         )
-
-
-async def database_counters(database_url: str, device_ids: Sequence[int]) -> tuple[int, int]:
-    """(the recipients' acknowledged seqs summed, PostgreSQL sessions ever opened on the database)."""
-
-    def query() -> tuple[int, int]:
-        async def run() -> tuple[int, int]:
-            import asyncpg
-
-            conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-            try:
-                acked = await conn.fetchval(
-                    "SELECT coalesce(sum(acked_seq), 0) FROM device_cursors WHERE device_id = ANY($1)",
-                    list(device_ids),
-                )
-                sessions = await conn.fetchval(_SESSIONS_SQL)
-            finally:
-                await conn.close()
-            return int(acked), int(sessions or 0)
-
-        return asyncio.run(run())
-
-    return await trio.to_thread.run_sync(query)
 
 
 # --- servers -----------------------------------------------------------------------------------------
@@ -572,117 +400,7 @@ async def run_e2e(
     )
 
 
-# --- profiling ---------------------------------------------------------------------------------------
-
-_LAYERS: Final = (
-    ("sqlalchemy/", "SQLAlchemy"),
-    ("asyncpg/", "asyncpg"),
-    ("hypercorn/", "hypercorn (HTTP server)"),
-    ("h11/", "h11 / wsproto"),
-    ("wsproto/", "h11 / wsproto"),
-    ("h2/", "h2"),
-    ("quart_schema/", "quart-schema + pydantic"),
-    ("pydantic", "quart-schema + pydantic"),
-    ("quart/", "Quart"),
-    ("quart_trio/", "Quart"),
-    ("werkzeug/", "Quart"),
-    ("jwt/", "tokens (PyJWT, cryptography)"),
-    ("cryptography/", "tokens (PyJWT, cryptography)"),
-    ("pingpull/tokens", "tokens (PyJWT, cryptography)"),
-    ("logging/", "logging"),
-    ("pingpull/logs", "logging"),
-    ("prometheus_client/", "metrics"),
-    ("pingpull/aio", "asyncio bridge"),
-    ("asyncio/", "asyncio / uvloop"),
-    ("redis/", "Redis client"),
-    ("pingpull/bus", "bus"),
-    ("signal_svc/", "gateway"),
-    ("content_svc/", "content routes and units of work"),
-    ("trio/", "trio (scheduler, sockets)"),
-    ("json/", "json"),
-)
-
-
-def layer_of(frame: str) -> str | None:
-    path = frame.split("(", 1)[1] if "(" in frame else frame
-    for needle, layer in _LAYERS:
-        if needle in path:
-            return layer
-    return None
-
-
-async def profile_server(pid: int, seconds: float, work: Path, progress: Any) -> list[str]:
-    """py-spy on the server while the load goes on; a summary by layer and by function (self time)."""
-    executable = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if executable is None:
-        return ["py-spy is not installed (`pip install py-spy`): no profile."]
-    progress.phase(f"[e2e] profiling the server with py-spy for {seconds:g} s (not in the measured window)")
-    output = work / f"profile-{pid}.txt"
-    result = await trio.run_process(
-        [
-            executable,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(int(seconds)),
-            "-r",
-            "250",
-            "-f",
-            "raw",
-            "-o",
-            str(output),
-            "--threads",
-        ],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    if result.returncode != 0 or not output.exists():
-        return [f"py-spy failed: {result.stderr.decode(errors='replace')[-300:]}"]
-    return summarize_profile(output)
-
-
-def summarize_profile(path: Path, top: int = 12) -> list[str]:
-    by_layer: Counter[str] = Counter()
-    by_function: Counter[str] = Counter()
-    by_thread: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        thread = frames[0]
-        total += n
-        by_thread[
-            "asyncio bridge thread"
-            if "pingpull-asyncio" in thread
-            else "trio thread"
-            if "MainThread" in thread
-            else "other"
-        ] += n
-        leaf = frames[-1] if len(frames) > 1 else "(no Python frame: native code) (-)"
-        layer = next((lay for f in reversed(frames[1:]) if (lay := layer_of(f)) is not None), "other")
-        by_layer[layer] += n
-        by_function[leaf.split(" (")[0] + " (" + leaf.split("(", 1)[-1].split(":")[0] + ")"] += n
-    if not total:
-        return ["py-spy recorded no busy samples."]
-    return [
-        f"py-spy, {total:,} busy samples of the server (250 Hz, idle threads excluded); self time by the "
-        "innermost frame that belongs to a known layer:",
-        "",
-        "| layer | share |",
-        "|---|---:|",
-        *[f"| {layer} | {n / total:.0%} |" for layer, n in by_layer.most_common()],
-        "",
-        "by thread: " + ", ".join(f"{t} {n / total:.0%}" for t, n in by_thread.most_common()),
-        "",
-        "| top functions (self) | share |",
-        "|---|---:|",
-        *[f"| `{fn}` | {n / total:.1%} |" for fn, n in by_function.most_common(top)],
-    ]
+# --- the limit (bench/e2e_database.py runs it) --------------------------------------------------------
 
 
 async def measure_limit(cast_: Cast, options: Options, work: Path, name: str, progress: Any) -> Json:
@@ -690,7 +408,7 @@ async def measure_limit(cast_: Cast, options: Options, work: Path, name: str, pr
         f"[limit] the same units of work on native asyncio, {options.senders} workers, "
         f"{options.warmup_s:g} + {options.limit_s:g} s ({name})"
     )
-    child = await Child.start("bench.e2e", f"limit-{name}", work, args=["--limit-worker"])
+    child = await Child.start("bench.e2e_database", f"limit-{name}", work)
     try:
         config = {
             "database_url": options.database_url,
@@ -882,49 +600,6 @@ def requests_per_message(results: list[E2eResult]) -> list[str]:
     return lines
 
 
-async def server_version(database_url: str) -> str:
-    def query() -> str:
-        async def run() -> str:
-            import asyncpg
-
-            conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-            try:
-                return str(await conn.fetchval("SHOW server_version"))
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-
-    return await trio.to_thread.run_sync(query)
-
-
-async def prepare_database(database_url: str) -> None:
-    """Drop and create the scratch database (the one named in the URL), then migrate it."""
-    name = database_url.rsplit("/", 1)[1]
-    if not name.replace("_", "").isalnum():
-        raise BenchError(f"refusing to drop a database named {name!r}")
-    admin_url = database_url.rsplit("/", 1)[0].replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
-
-    def admin() -> None:
-        async def run() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(admin_url, timeout=5)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
-
-    try:
-        await trio.to_thread.run_sync(admin)
-    except OSError as exc:
-        raise BenchError(f"PostgreSQL is not reachable at {admin_url}: {exc}") from exc
-    await trio.to_thread.run_sync(lambda: run_cli("migrate", "--database-url", database_url))
-
-
 async def run_all(options: Options, progress: Any) -> tuple[list[Json], list[E2eResult], float, str]:
     raise_fd_limit()
     started = time.monotonic()
@@ -998,11 +673,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pingpull bench e2e") ->
     parser.add_argument("--output", default=str(RESULTS_DIR / "e2e.md"), help="report ('' for stdout only)")
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--limit-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.limit_worker:
-        limit_worker()
-        return 0
     layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
     if not layouts or set(layouts) - set(LAYOUTS):
         parser.error(f"--layouts: a subset of {','.join(LAYOUTS)}")
