@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import errno
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -48,6 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from bench._report import code_version as code_version
+from bench._report import cpu_model as cpu_model
+from bench._report import package_version as package_version
+from bench._report import write_report as write_report
+
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = ROOT / "bench" / "results"
 FRAME: Final = struct.Struct(">BBHQQ")  # pingpull.wire's layout: version, kind, arg, head, ref
@@ -64,44 +68,8 @@ Json = dict[str, Any]
 # report helpers
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def code_version() -> str:
-    """The commit under test, and whether the tree it runs from differs (others edit concurrently)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    dirty = [
-        line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")
-    ]
-    if dirty:
-        shown = ", ".join(dirty[:6]) + (", ..." if len(dirty) > 6 else "")
-        return f"- code: commit {commit} plus uncommitted changes outside bench/ ({shown})"
-    return f"- code: commit {commit} (no uncommitted changes outside bench/)"
-
-
 def machine_info(packages: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
-    versions = ", ".join(f"{name} {_version(name)}" for name in packages)
+    versions = ", ".join(f"{name} {package_version(name)}" for name in packages)
     load1, load5, _ = os.getloadavg()
     return [
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -116,14 +84,6 @@ def machine_info(packages: Iterable[str], extra: Iterable[str] = ()) -> list[str
 
 def command_line(module: str) -> str:
     return shlex.join([".venv/bin/python", "-m", module, *sys.argv[1:]])
-
-
-def write_report(text: str, output: Path | None) -> None:
-    print(text)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        print(f"written to {output}", file=sys.stderr)
 
 
 def output_arg(value: str) -> Path | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import math
 import os
@@ -26,6 +25,9 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import trio
+
+from bench._report import code_version, cpu_model, package_version
+from bench._report import write_report as write_report
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 RESULTS_DIR: Final = ROOT / "bench" / "results"
@@ -113,46 +115,8 @@ class LoadMeter:
 # --- machine and report helpers -----------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def code_version() -> str:
-    """The commit measured, and whether the tree differs from it outside bench/ (others edit concurrently)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    dirty = [
-        line[3:]
-        for line in git("status", "--porcelain").splitlines()
-        if not line[3:].startswith(("bench/", "docs/", "tests/"))
-    ]
-    if dirty:
-        shown = ", ".join(dirty[:8]) + (", ..." if len(dirty) > 8 else "")
-        return f"- code: commit {commit} plus uncommitted changes in the tree ({shown})"
-    return f"- code: commit {commit}"
-
-
 def machine_info(packages: Iterable[str], command: str, extra: Iterable[str] = ()) -> list[str]:
-    versions = ", ".join(f"{name} {_version(name)}" for name in packages)
+    versions = ", ".join(f"{name} {package_version(name)}" for name in packages)
     return [
         f"- command: `{command}`",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -188,14 +152,6 @@ def fmt(value: float, digits: int = 0) -> str:
     if digits == 0 and abs(value) < 10 and value != int(value):
         return f"{value:,.1f}"
     return f"{value:,.{digits}f}"
-
-
-def write_report(text: str, output: Path | None) -> None:
-    print(text)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        print(f"written to {output}", file=sys.stderr)
 
 
 # --- child processes speaking JSON lines ------------------------------------------------------------
