@@ -1,7 +1,7 @@
 """Benchmark: broadcast throughput, frames/s delivered to 10,000 WebSocket connections.
 
 Run ``.venv/bin/python -m bench.gateway_fanout`` (``--help`` for the knobs). Servers, each in its own
-process (bench/_gateway_support.py), each holding `--connections` connections (one device each):
+process (bench/_ws_client_process.py), each holding `--connections` connections (one device each):
 
 * ``pingpull`` (the gateway: `Gateway` + `run_signal`, `MemoryBus`), driven through the real path
   ``bus.publish`` -> hub callback -> pre-encoded frame -> non-blocking ``socket.send``, two ways:

@@ -1,7 +1,7 @@
 """Benchmark: send -> NEW frame latency, Redis bus and in-memory bus, on loopback.
 
 Run ``.venv/bin/python -m bench.gateway_latency`` (``--help`` for the knobs). `--devices` devices each
-hold one WebSocket connection, opened by a client process of raw sockets (bench/_gateway_support.py)
+hold one WebSocket connection, opened by a client process of raw sockets (bench/_ws_client_process.py)
 that timestamps every NEW frame as it reads it (CLOCK_MONOTONIC, shared by all processes). Two parts:
 
 **Part 1, commit -> frame at `--rate` (500) messages/s.** What happens after a send transaction

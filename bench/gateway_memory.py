@@ -2,7 +2,7 @@
 
 Run ``.venv/bin/python -m bench.gateway_memory`` (``--help`` for the knobs). Every server does the
 same job: accept a WebSocket, send one 20-byte binary frame on connect, answer pings, hold the
-connection idle. Servers, each in its own process (bench/_gateway_support.py):
+connection idle. Servers, each in its own process (bench/_ws_server_process.py):
 
 * ``pingpull``: the gateway (`signal_svc.gateway.Gateway` + `run_signal`, in-memory bus), the same
   code `pingpull serve signal` runs, in a small harness process;
