@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,25 @@ def test_quickstart_with_curl(tmp_path: Path) -> None:
         assert "Hello Bob!" not in log
         assert "eyJ" not in log
         assert "request" in log and "status=201" in log
+
+
+@pytest.mark.e2e
+def test_the_sdk_example_exchanges_a_message(tmp_path: Path) -> None:
+    with pingpull_serve(tmp_path / "data") as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "docs" / "sdk_example.py"),
+                server.content_url,
+                server.urls["signal"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines() == ["1 hello from the SDK"]
 
 
 @pytest.mark.e2e
