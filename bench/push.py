@@ -29,9 +29,10 @@ records, or the no-op provider's), that the outbox is empty and that every devic
    worker for comparison. Sends are counted per device, so a double claim shows up as a device
    pushed twice. These trials (and the ablations) drain ``--claim-jobs`` (3,000) to fit the time.
 3. Ablations of the no-op worker (not the shipped configuration, to locate the cost), one engine
-   setting each: 20 pooled connections and no overflow (the shipped pool of 10 + 10 overflow closes
+   setting each against what `pingpull.db.engine.create_engine` builds (``pool_size`` connections,
+   no overflow, no pre-ping): ``max_overflow = pool_size`` (the pool before session 2, which closes
    its overflow connections whenever the load dips, at every batch tail, and reopens them for the
-   next batch), ``pool_pre_ping`` off, ``synchronous_commit=off`` for the session.
+   next batch), ``pool_pre_ping`` on, ``synchronous_commit=off`` for the session.
 
 Trials run in rounds, the order rotating per round; rates are the median over rounds. CPU is read
 from /proc per thread (trio thread, the bridge's asyncio thread, other threads), per process (the
@@ -652,15 +653,10 @@ async def opened(
             bench.sqlite = count_connects(await stack.enter_async_context(open_database(sqlite_url, bridge)))
         if args.ablations:
             # Each changes one thing of what pingpull.db.engine.create_engine builds.
-            shipped: Json = {
-                "pool_size": args.pool_size,
-                "max_overflow": args.pool_size,
-                "pool_timeout": 10,
-                "pool_pre_ping": True,
-            }
+            shipped: Json = {"pool_size": args.pool_size, "max_overflow": 0, "pool_timeout": 10}
             variants: list[Json] = [
-                {"pool_size": 2 * args.pool_size, "max_overflow": 0},
-                {"pool_pre_ping": False},
+                {"max_overflow": args.pool_size},
+                {"pool_pre_ping": True},
                 {"connect_args": {"server_settings": {"synchronous_commit": "off"}}},
             ]
             for key, change in zip(ABLATIONS, variants, strict=True):
