@@ -56,6 +56,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bench._report import cpu_model
 from pingpull.aio import AsyncioBridge, open_thread_loop_bridge, open_trio_asyncio_bridge
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -472,12 +473,7 @@ def measure(impls: list[str], args: argparse.Namespace) -> Results:
 
 
 def machine_info(server_version: str) -> list[str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
         for name in ("trio", "trio-asyncio", "SQLAlchemy", "asyncpg", "uvloop")

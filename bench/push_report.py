@@ -15,6 +15,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from bench._report import cpu_model
+
 if TYPE_CHECKING:
     from bench.push import Results, Trial
 
@@ -100,12 +102,7 @@ def code_version() -> str:
 
 
 def machine_info(pg_version: str, pg_settings: str, results: Results) -> list[str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     versions = []
     for name in PACKAGES:
         with suppress(importlib.metadata.PackageNotFoundError):

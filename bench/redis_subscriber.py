@@ -63,6 +63,7 @@ import redis.asyncio as aioredis
 import trio
 from redis.asyncio.client import PubSub
 
+from bench._report import cpu_model
 from pingpull.aio import AsyncioBridge, open_asyncio_bridge
 from pingpull.bus.resp import RespSubscriber, encode_command
 
@@ -519,12 +520,7 @@ def redis_version(url: str) -> str:
 
 
 def machine_info(server_version: str) -> list[str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}" for name in ("trio", "redis", "hiredis", "uvloop")
     )
