@@ -1,5 +1,6 @@
 """A client for the content API, over httpx (works under trio and asyncio through anyio) or over the
-SDK's own `Http1Session` (trio, one keep-alive HTTP/1.1 connection, a third of httpx's CPU per request).
+SDK's own `Http1Session` (trio, one keep-alive HTTP/1.1 connection, 0.38-0.53× httpx's CPU per
+request: `python -m bench.client_costs`).
 
 Used by tests, benchmarks and the CLI, and a reference for app developers: every call maps to one
 row of the API table in docs/api.md, and every problem answer becomes an `ApiError`.

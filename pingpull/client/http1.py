@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import select
-import socket
 import ssl
 from collections.abc import AsyncIterable, Iterator, Mapping
 from typing import Any, Final
@@ -119,9 +118,6 @@ class Http1Session:
         self._closed = True
         await self._drop()
 
-    async def get(self, url: str, *, headers: Mapping[str, str] | None = None) -> Http1Response:
-        return await self.request("GET", url, headers=headers)
-
     async def request(
         self,
         method: str,
@@ -183,12 +179,10 @@ class Http1Session:
         if self._stream is not None and self._h11.our_state is h11.IDLE and self._still_open():
             return True
         await self._drop()
-        stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._port)
-        tcp = stream
-        assert isinstance(tcp, trio.SocketStream)
-        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        tcp = await trio.open_tcp_stream(self._host, self._port)  # TCP_NODELAY is trio's default
+        stream: trio.abc.Stream = tcp
         if self._ssl_context is not None:
-            tls = trio.SSLStream(stream, self._ssl_context, server_hostname=self._host)
+            tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=self._host)
             await tls.do_handshake()
             stream = tls
         self._stream, self._socket = stream, tcp.socket
